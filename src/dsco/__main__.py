@@ -1,0 +1,4 @@
+"""`python -m dsco` (also what torchrun runs)."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""`dsco bench`: concentrate and evaluate a grid of methods x IPC, the lossless curve, table and plots.
+
+Every cell is cached under OUT (its output set and its result), so an interrupted bench resumes.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .concentrate import METHODS, ConcentrateConfig, concentrate
+from .data import load_dataset
+from .doping import DopingConfig
+from .errors import DscoError
+from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
+from .fsio import atomic_write_bytes, atomic_write_json
+from .outputset import load_output_set, read_manifest
+
+CURVE_METHODS = ("dsco-doping", "dsco", "random")
+SCHEMA = {
+    "required": ["dataset", "arch", "runs", "machine", "command", "full", "cells", "curve", "lossless_point"],
+    "cell": ["method", "ipc", "mean", "std", "synthesis_seconds"],
+    "curve": ["method", "labels", "budget", "mean", "std"],
+}
+
+
+@dataclass
+class BenchConfig:
+    dataset: str = "mnist5k"
+    out: str = "runs/bench"
+    ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    runs: int = 3
+    seed: int = 0
+    model: Optional[str] = None
+    curve: bool = False
+    budgets: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    curve_synthetic_ipc: int = 10  # the fixed synthetic part of the doped sets
+    curve_synthetic_max_budget: float = 0.1  # synthetic-only DsCo beyond this is too slow for CPU
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
+    test_dataset: Optional[str] = None  # test split of a folder dataset
+    teacher: Optional[str] = None  # teacher directory for doping and teacher labels; default OUT/teacher
+    command: str = ""
+
+
+def machine() -> str:
+    return f"{platform.node() or 'host'}: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def validate_results(r: dict[str, Any]) -> None:
+    """Check results.json against the documented schema (README, 'Results file')."""
+    missing = [k for k in SCHEMA["required"] if k not in r]
+    if missing:
+        raise DscoError(f"results.json lacks {missing}")
+    if not {"mean", "std"} <= set(r["full"]):
+        raise DscoError("results.json: full needs mean and std")
+    for kind, rows in (("cell", r["cells"]), ("curve", r["curve"])):
+        for row in rows:
+            if not set(SCHEMA[kind]) <= set(row):
+                raise DscoError(f"results.json: a {kind} row lacks {set(SCHEMA[kind]) - set(row)}")
+            if not 0 <= row["mean"] <= 1 or row["std"] < 0:
+                raise DscoError(f"results.json: {kind} row {row} has an accuracy out of range")
+
+
+def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
+    """Smallest budget whose mean accuracy is within one std of full-data accuracy."""
+    ok = [r["budget"] for r in rows if r["mean"] >= full["mean"] - full["std"]]
+    return min(ok) if ok else None
+
+
+class _Bench:
+    def __init__(self, cfg: BenchConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.train = load_dataset(cfg.dataset, "train")
+        self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset)
+        self.teacher_dir = cfg.teacher or str(self.out / "teacher")
+
+    def cached(self, key: str, compute) -> dict:
+        path = self.out / "cells" / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        result = compute()
+        atomic_write_json(path, result)
+        return result
+
+    def make_set(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> Path:
+        cc = ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
+                               seed=self.cfg.seed, model=self.cfg.model, doping=doping or DopingConfig(),
+                               doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset)
+        return concentrate(cc, resume=True, train=self.train)
+
+    def evaluate(self, path: Path, labels: str = "hard") -> dict:
+        teacher = None
+        if labels == "teacher":
+            tc = TeacherConfig(self.cfg.dataset, self.cfg.seed, self.cfg.protocol)
+            teacher = ensure_teacher(self.teacher_dir, self.train, lambda: self.test, tc, progress=False)
+        return evaluate_set(load_output_set(path), self.test, self.cfg.protocol, self.cfg.runs, labels, teacher, progress=False)
+
+    def cell(self, method: str, ipc: int) -> dict:
+        key = f"{method}-ipc{ipc}"
+
+        def compute() -> dict:
+            path = self.make_set(key, method, ipc)
+            r = self.evaluate(path)
+            return {"method": method, "ipc": ipc, "mean": r["mean"], "std": r["std"], "accs": r["accs"],
+                    "synthesis_seconds": read_manifest(path)["synthesis_seconds"]}
+
+        return self.cached(key, compute)
+
+    def curve_row(self, method: str, budget: float, labels: str) -> Optional[dict]:
+        n_total = round(budget * len(self.train))
+        c = self.train.num_classes
+        syn = self.cfg.curve_synthetic_ipc
+        if method == "dsco-doping":
+            if n_total <= syn * c:
+                return None
+            key, args = f"doping-b{budget}", ("dsco", syn, DopingConfig(budget=budget, teacher=self.teacher_dir))
+        elif method == "dsco":
+            if budget > self.cfg.curve_synthetic_max_budget:
+                return None
+            key, args = f"dsco-ipc{n_total // c}", ("dsco", n_total // c, None)
+        else:
+            key, args = f"random-ipc{n_total // c}", ("random", n_total // c, None)
+
+        def compute() -> dict:
+            r = self.evaluate(self.make_set(key, *args), labels)
+            return {"method": method, "labels": labels, "budget": budget, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
+
+        return self.cached(f"curve-{key}-{labels}", compute)
+
+
+def bench(cfg: BenchConfig) -> Path:
+    """Run the grid (and the curve), then write results.json, results.md and the plots into cfg.out."""
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise DscoError(f"unknown method {m!r}: valid names are {', '.join(METHODS)}")
+    b = _Bench(cfg)
+    t0 = time.time()
+    full = b.cached("full", lambda: evaluate_set(b.train, b.test, cfg.protocol, cfg.runs, progress=False))
+    cells = [b.cell(m, ipc) for ipc in cfg.ipcs for m in cfg.methods]
+    curve: list[dict] = []
+    lossless: dict[str, Optional[float]] = {}
+    if cfg.curve:
+        for labels in ("hard", "teacher"):
+            for m in CURVE_METHODS:
+                rows = [r for bud in cfg.budgets if (r := b.curve_row(m, bud, labels)) is not None]
+                curve += rows
+                lossless[m if labels == "hard" else f"{m}/teacher"] = lossless_point(rows, full)
+    results = {
+        "dataset": cfg.dataset, "arch": cfg.protocol.arch, "runs": cfg.runs, "machine": machine(),
+        "command": cfg.command, "seconds": round(time.time() - t0, 1), "protocol": asdict(cfg.protocol),
+        "full": {"mean": full["mean"], "std": full["std"]}, "cells": cells, "curve": curve, "lossless_point": lossless,
+    }
+    validate_results(results)
+    out = Path(cfg.out)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_bytes(out / "results.md", render_table(results).encode())
+    from .plots import plot_all
+
+    plot_all(results, out, b.train)
+    return out
+
+
+def render_table(r: dict[str, Any]) -> str:
+    """Methods x IPC, mean ± std in %, best per column in bold, and the full-data row."""
+    ipcs = sorted({c["ipc"] for c in r["cells"]})
+    methods = list(dict.fromkeys(c["method"] for c in r["cells"]))
+    by = {(c["method"], c["ipc"]): c for c in r["cells"]}
+    best = {ipc: max((c["mean"] for c in r["cells"] if c["ipc"] == ipc), default=0) for ipc in ipcs}
+    lines = [f"Top-1 accuracy (%) on {r['dataset']}, {r['arch']}, {r['runs']} runs, hard labels", "",
+             "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for ipc in ipcs:
+            c = by.get((m, ipc))
+            if c is None:
+                cells.append("–")
+                continue
+            s = f"{c['mean'] * 100:.2f} ± {c['std'] * 100:.2f}"
+            cells.append(f"**{s}**" if c["mean"] == best[ipc] else s)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append(f"| full train split | {r['full']['mean'] * 100:.2f} ± {r['full']['std'] * 100:.2f} |" + " |" * (len(ipcs) - 1))
+    lines += ["", "Synthesis seconds (whole set):", "",
+              "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(f"{by[(m, i)]['synthesis_seconds']:.1f}" if (m, i) in by else "–" for i in ipcs) + " |")
+    if r["curve"]:
+        budgets = sorted({c["budget"] for c in r["curve"]})
+        lines += ["", "Lossless curve: accuracy (%) by budget (fraction of the train split)", "",
+                  "| method | labels | " + " | ".join(f"{b:.0%}" for b in budgets) + " |", "|---" * (len(budgets) + 2) + "|"]
+        keys = list(dict.fromkeys((c["method"], c["labels"]) for c in r["curve"]))
+        cb = {(c["method"], c["labels"], c["budget"]): c for c in r["curve"]}
+        for m, lab in keys:
+            vals = [f"{cb[(m, lab, b)]['mean'] * 100:.2f} ± {cb[(m, lab, b)]['std'] * 100:.2f}" if (m, lab, b) in cb else "–" for b in budgets]
+            lines.append(f"| {m} | {lab} | " + " | ".join(vals) + " |")
+        lines += ["", "Lossless point (smallest budget within one std of full data): " +
+                  ", ".join(f"{k}: {'none' if v is None else f'{v:.0%}'}" for k, v in r["lossless_point"].items())]
+    lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}`", ""]
+    return "\n".join(lines)

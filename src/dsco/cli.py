@@ -1,0 +1,234 @@
+"""Thin command-line layer over the Python API; every error is one line on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import DscoError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path")
+    p.add_argument("--test-dataset", default=None, help="ImageFolder path of the test split (with a folder --dataset)")
+    p.add_argument("--data-root", default=None, help="root of a torchvision dataset")
+    p.add_argument("--download", action="store_true", help="let torchvision download into --data-root")
+    p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
+
+
+def _protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="convnet3", help="convnet3, convnet6, resnet18, resnetap10")
+    p.add_argument("--width", type=int, default=32, help="ConvNet channels (the field's 128; 32 on CPU)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap the classifier's training steps")
+
+
+def _protocol(a: argparse.Namespace):
+    from .evaluate import EvalProtocol
+
+    return EvalProtocol(arch=a.arch, width=a.width, max_steps=a.max_steps)
+
+
+def _load(a: argparse.Namespace, split: str):
+    from .data import load_dataset
+
+    return load_dataset(a.dataset, split, data_root=a.data_root, download=a.download,
+                        test_path=a.test_dataset, on_bad_image=a.on_bad_image)
+
+
+def _train_model(a: argparse.Namespace) -> None:
+    from .models.pixel import PixelModelConfig
+    from .train_model import TrainModelConfig, train_model
+
+    model = PixelModelConfig(image_size=a.image_size, block_out_channels=tuple(a.channels))
+    cfg = TrainModelConfig(
+        dataset=a.dataset, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+        checkpoint_every=a.checkpoint_every, resume=a.resume, data_root=a.data_root, model=model,
+    )
+    print(train_model(cfg))
+
+
+def _concentrate_config(a: argparse.Namespace, method: str):
+    from dataclasses import replace
+
+    from .concentrate import ConcentrateConfig, nopt_preset
+    from .datafree import DataFreeConfig
+    from .doping import DopingConfig
+
+    nopt = nopt_preset(a.schedule)
+    overrides = {k: getattr(a, k) for k in ("loss", "iterations", "lr", "momentum", "k_noises", "target_offset",
+                                             "feature_width", "max_targets", "early_stop", "steps_fraction")
+                 if getattr(a, k, None) is not None}
+    doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
+                          selector=a.selector, teacher=a.teacher)
+    return ConcentrateConfig(
+        dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
+        sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=a.schedule, nopt=replace(nopt, **overrides),
+        datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
+        data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
+    )
+
+
+def _concentrate(a: argparse.Namespace) -> None:
+    from .concentrate import concentrate
+
+    method = "dsco-datafree" if a.data_free else a.method
+    print(concentrate(_concentrate_config(a, method), resume=a.resume))
+
+
+def _sample(a: argparse.Namespace) -> None:
+    from .concentrate import concentrate
+
+    print(concentrate(_concentrate_config(a, "diffusion"), resume=a.resume))
+
+
+def _train_teacher(a: argparse.Namespace) -> None:
+    from .evaluate import TeacherConfig, train_teacher
+
+    acc = train_teacher(_load(a, "train"), _load(a, "test"), TeacherConfig(a.dataset, a.seed, _protocol(a)), a.out)
+    print(f"teacher test accuracy {acc:.4f} -> {a.out}")
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from .evaluate import evaluate_set, load_teacher
+    from .fsio import atomic_write_json
+    from .outputset import load_output_set
+
+    train_full, test = _load(a, "train"), _load(a, "test")
+    if a.full:
+        train = train_full
+    elif a.set is None:
+        raise DscoError("give an output set directory, or --full for the whole train split")
+    else:
+        train = load_output_set(a.set)
+    teacher = load_teacher(a.teacher, train_full) if a.labels == "teacher" and a.teacher else None
+    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher)
+    result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})
+    print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
+    if a.json:
+        atomic_write_json(a.json, result)
+
+
+def _verify(a: argparse.Namespace) -> None:
+    from .outputset import verify
+
+    problems = verify(a.set)
+    if problems:
+        raise DscoError(f"{a.set}: {len(problems)} problem(s): " + "; ".join(problems))
+    print(f"{a.set}: ok")
+
+
+def _bench(a: argparse.Namespace) -> None:
+    from .bench import BenchConfig, bench
+
+    cfg = BenchConfig(
+        dataset=a.dataset, out=a.out, ipcs=[int(x) for x in a.ipc.split(",")], methods=a.methods.split(","),
+        runs=a.runs, seed=a.seed, model=a.model, curve=a.curve, budgets=[float(x) for x in a.budgets.split(",")],
+        curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
+        teacher=a.teacher, command=" ".join(["dsco", *sys.argv[1:]]),
+    )
+    print(bench(cfg))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsco", description="Dataset concentration with diffusion models (DsCo).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train-model", help="train the class-conditional pixel diffusion model")
+    t.add_argument("--dataset", default="mnist5k")
+    t.add_argument("--data-root", default=None)
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=4000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--image-size", type=int, default=28)
+    t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=_train_model)
+
+    for name, helptext, func in (("concentrate", "build a concentrated set (DsCo by default)", _concentrate),
+                                 ("sample", "plain class-conditional sampling (the `diffusion` baseline)", _sample)):
+        c = sub.add_parser(name, help=helptext)
+        _data_args(c)
+        c.add_argument("--out", required=True)
+        c.add_argument("--ipc", type=int, default=10, help="images per class")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--model", default=None, help="diffusion model directory (default: the shipped mnist5k model)")
+        c.add_argument("--sampling-steps", type=int, default=50)
+        c.add_argument("--guidance", type=float, default=2.0)
+        c.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        c.add_argument("--schedule", default="fast", help="NOpt preset: fast (ours, default) or reference")
+        c.add_argument("--templates", type=int, default=20, help="data-free template samples per class")
+        c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, diffusion, dm")
+        c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
+        c.add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
+        c.add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
+        c.add_argument("--iterations", type=int, default=None, help="NOpt iterations J per step")
+        c.add_argument("--lr", type=float, default=None)
+        c.add_argument("--momentum", type=float, default=None)
+        c.add_argument("--k-noises", type=int, default=None, help="K noises per real target")
+        c.add_argument("--target-offset", type=int, default=None, choices=[0, 1])
+        c.add_argument("--feature-width", type=int, default=None, help="phi width (256 = 2048 features)")
+        c.add_argument("--max-targets", type=int, default=None, help="cap on real targets per class")
+        c.add_argument("--early-stop", type=int, default=None, help="patience in iterations (0 = off)")
+        c.add_argument("--steps-fraction", type=float, default=None, help="optimise only the first fraction of steps")
+        c.add_argument("--doping-ipc", type=int, default=None, help="Doping: real images per class to add")
+        c.add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
+        c.add_argument("--classwise", action="store_true", help="Doping: rank clarity within each class")
+        c.add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
+        c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher); trained and cached if missing")
+        c.set_defaults(func=func)
+
+    tt = sub.add_parser("train-teacher", help="train the teacher classifier on the full train split")
+    _data_args(tt)
+    _protocol_args(tt)
+    tt.add_argument("--out", required=True)
+    tt.add_argument("--seed", type=int, default=0)
+    tt.set_defaults(func=_train_teacher)
+
+    e = sub.add_parser("evaluate", help="train a fresh classifier on an output set; top-1 on the real test split")
+    e.add_argument("set", nargs="?", default=None)
+    _data_args(e)
+    _protocol_args(e)
+    e.add_argument("--runs", type=int, default=3)
+    e.add_argument("--labels", default="hard", help="hard (cross-entropy) or teacher (KL, T=20)")
+    e.add_argument("--teacher", default=None)
+    e.add_argument("--full", action="store_true", help="train on the whole train split (the ceiling)")
+    e.add_argument("--json", default=None, help="write the result here")
+    e.set_defaults(func=_evaluate)
+
+    b = sub.add_parser("bench", help="concentrate and evaluate a grid of methods x IPC; table and plots")
+    _data_args(b)
+    _protocol_args(b)
+    b.add_argument("--ipc", default="1,10,50")
+    b.add_argument("--methods", default="dsco,dsco-datafree,random,herding,kcenter,diffusion,dm")
+    b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--model", default=None)
+    b.add_argument("--out", required=True)
+    b.add_argument("--curve", action="store_true", help="also the lossless curve over --budgets")
+    b.add_argument("--budgets", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6")
+    b.add_argument("--curve-synthetic-ipc", type=int, default=10)
+    b.add_argument("--teacher", default=None, help="teacher directory (default OUT/teacher, trained if missing)")
+    b.set_defaults(func=_bench)
+
+    v = sub.add_parser("verify", help="check an output set against its manifest")
+    v.add_argument("set")
+    v.set_defaults(func=_verify)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="dsco: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DscoError as e:
+        print(f"dsco: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsco: interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,70 @@
+"""Doping: add the real images a model trained on the synthetic set finds least clear (METHOD.md section 4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .errors import DscoError
+
+DOPING_SELECTORS = ("clarity", "random")
+
+
+@dataclass
+class DopingConfig:
+    """How many real images to add and how to choose them."""
+
+    doping_ipc: Optional[int] = None  # real images per class on average (exactly per class if classwise)
+    budget: Optional[float] = None  # or: total set size as a fraction of the train split
+    classwise: bool = False
+    selector: str = "clarity"
+    teacher: Optional[str] = None  # teacher directory (dsco train-teacher); trained and cached if missing
+
+    @property
+    def enabled(self) -> bool:
+        return self.doping_ipc is not None or self.budget is not None
+
+
+def clarity(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """p(y | x) - max_{c != y} p(c | x): 1 for a confident correct model, 0 for a uniform one."""
+    p_y = probs.gather(1, labels[:, None]).squeeze(1)
+    others = probs.scatter(1, labels[:, None], float("-inf"))
+    return p_y - others.max(1).values
+
+
+def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_synthetic: int) -> int:
+    """Number of real images to add, exact for --doping-ipc (M * classes) and --budget (F * |train| - synthetic)."""
+    if cfg.doping_ipc is not None and cfg.budget is not None:
+        raise DscoError("give either --doping-ipc or --budget, not both")
+    if cfg.doping_ipc is not None:
+        if cfg.doping_ipc <= 0:
+            raise DscoError(f"--doping-ipc must be > 0, got {cfg.doping_ipc}")
+        count = cfg.doping_ipc * num_classes
+    else:
+        if not 0 < cfg.budget <= 1:
+            raise DscoError(f"--budget must be a fraction in (0, 1], got {cfg.budget}")
+        count = round(cfg.budget * num_train) - num_synthetic
+        if count < 0:
+            raise DscoError(f"--budget {cfg.budget} ({round(cfg.budget * num_train)} images) is smaller than the {num_synthetic} synthetic images")
+    if count > num_train:
+        raise DscoError(f"asked for {count} real images but the train split has {num_train}")
+    return count
+
+
+def select(
+    scores: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int, classwise: bool
+) -> torch.Tensor:
+    """Indices of the `count` lowest scores, over the whole set or `count / classes` per class."""
+    if not classwise:
+        return torch.sort(torch.argsort(scores, stable=True)[:count]).values
+    if count % num_classes:
+        raise DscoError(f"--classwise needs a real count divisible by {num_classes} classes, got {count}")
+    per = count // num_classes
+    picked = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if per > len(idx):
+            raise DscoError(f"class {c} has {len(idx)} real images, fewer than the {per} asked for")
+        picked.append(idx[torch.argsort(scores[idx], stable=True)[:per]])
+    return torch.sort(torch.cat(picked)).values

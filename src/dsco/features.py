@@ -1,0 +1,52 @@
+"""Random, never-trained conv feature maps phi on the model's space (METHOD.md section 2)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import DscoError
+
+FEATURE_GROUPS = 16
+
+
+class RandomFeatureNet(nn.Module):
+    """Conv3x3(C->w), then three grouped Conv4x4/2 doubling the width; 8*w features after pooling.
+
+    The reference uses w = 256 (2048 features); the weights come from `seed` alone, so a class's
+    net is the same in every process and on resume.
+    """
+
+    def __init__(self, in_channels: int, width: int = 256, seed: int = 0, groups: int = FEATURE_GROUPS):
+        super().__init__()
+        if width < groups or width % groups:
+            raise DscoError(f"feature width {width} must be a positive multiple of {groups}")
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * w, 8 * w, 4, 2, 1, groups=groups),
+        )
+        g = torch.Generator().manual_seed(seed)
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=g)
+                bound = 1 / math.sqrt(m.weight[0].numel())
+                nn.init.uniform_(m.bias, -bound, bound, generator=g)
+        self.requires_grad_(False).eval()
+        self.num_features = 8 * w
+
+    def maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps before pooling (N, 8w, h, w)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features (N, 8w)."""
+        return self.body(x).mean(dim=(2, 3))
+
+    def batched(self, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """Pooled features of a large set without building one huge activation."""
+        with torch.no_grad():
+            return torch.cat([self(x[i : i + batch]) for i in range(0, len(x), batch)])

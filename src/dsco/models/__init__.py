@@ -1,0 +1,1 @@
+"""Diffusion backends behind one interface, and classifiers by name."""

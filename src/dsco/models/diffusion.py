@@ -1,0 +1,103 @@
+"""The backend interface NOpt runs on, and the respaced ancestral-DDPM maths it shares.
+
+A backend exposes one ancestral step `x_{t-1} = mu + sigma * eps` through `mean_sigma`,
+with `eps` supplied by the caller: that noise is exactly what NOpt optimises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class DiffusionBackend(Protocol):
+    """What NOpt, plain sampling and the data-free mode need from a diffusion model."""
+
+    num_classes: int
+    sample_shape: tuple[int, ...]
+    timesteps: list[int]  # respaced, descending; the last step is denoised without noise
+
+    def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (broadcastable) of p(x_{t_prev} | x_t, y), classifier-free guided."""
+        ...
+
+    def q_sample(self, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """Noise clean samples in model space to timestep t."""
+        ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (N, C, H, W) -> model space."""
+        ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space -> images in [0, 1]."""
+        ...
+
+
+@dataclass(frozen=True)
+class RespacedSchedule:
+    """Ancestral DDPM on a subsequence of the training timesteps (DiT's `respace`)."""
+
+    alphas_cumprod: torch.Tensor  # (T_train,) float64
+    timesteps: tuple[int, ...]  # descending
+
+    @classmethod
+    def from_scheduler(cls, scheduler, num_steps: int) -> "RespacedSchedule":
+        """Take betas and the trailing timestep spacing from a diffusers scheduler."""
+        scheduler.set_timesteps(num_steps)
+        ts = tuple(int(t) for t in scheduler.timesteps)
+        return cls(scheduler.alphas_cumprod.to(torch.float64), ts)
+
+    def prev_abar(self, t: int) -> float:
+        i = self.timesteps.index(t)
+        return 1.0 if i + 1 == len(self.timesteps) else float(self.alphas_cumprod[self.timesteps[i + 1]])
+
+    def q_sample(self, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        abar = float(self.alphas_cumprod[t])
+        return abar**0.5 * z0 + (1 - abar) ** 0.5 * noise
+
+    def posterior(
+        self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, clip: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, sigma) of q(x_prev | x_t, x0_pred) on the respaced chain; sigma = 0 at the last step."""
+        abar_t, abar_prev = float(self.alphas_cumprod[t]), self.prev_abar(t)
+        beta = 1 - abar_t / abar_prev
+        x0 = (x_t - (1 - abar_t) ** 0.5 * eps_pred) / abar_t**0.5
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+        c0 = abar_prev**0.5 * beta / (1 - abar_t)
+        ct = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar_t)
+        var = beta * (1 - abar_prev) / (1 - abar_t)
+        return c0 * x0 + ct * x_t, torch.full((), var**0.5, dtype=x_t.dtype)
+
+
+def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+@torch.no_grad()
+def ancestral_sample(
+    backend: DiffusionBackend, y: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor
+) -> torch.Tensor:
+    """Plain ancestral sampling with all noise supplied: x_T and one eps per step (S, N, ...)."""
+    x = x_T
+    for i, t in enumerate(backend.timesteps):
+        mu, sigma = backend.mean_sigma(x, t, y)
+        x = mu + sigma * step_noise[i]
+    return x
+
+
+def draw_noise(n: int, shape: tuple[int, ...], num_steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain sampler's noise: x_T and the per-step eps, drawn once from a generator."""
+    x_T = torch.randn((n, *shape), generator=generator)
+    eps = torch.randn((num_steps, n, *shape), generator=generator)
+    return x_T, eps
+
+
+def plain_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Plain class-conditional ancestral sampling (the `diffusion` baseline), in model space."""
+    x_T, eps = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
+    return ancestral_sample(backend, torch.full((n,), label, dtype=torch.long), x_T, eps)

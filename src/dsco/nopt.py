@@ -1,0 +1,231 @@
+"""NOpt: steer ancestral sampling by optimising each step's noise (METHOD.md section 2).
+
+Read top to bottom: the pure pieces (Latin-hypercube noise, pivots, the losses), one step's
+noise optimisation, then the per-class sampling loop. The gradient reaches the noise only
+through the random feature net phi, never through the diffusion model.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import DscoError
+from .features import RandomFeatureNet
+from .mmd import mmd2
+from .models.diffusion import DiffusionBackend
+
+LOSSES = ("quantile", "mmd")
+
+
+@dataclass
+class NOptConfig:
+    """Knobs of NOpt; the defaults are the reference schedule (the authors' implementation)."""
+
+    loss: str = "quantile"  # "quantile" (reference) or "mmd" (ours: the paper's RKHS view)
+    iterations: int = 200  # J, SGD iterations per denoising step
+    lr: float = 0.1
+    momentum: float = 0.9
+    k_noises: int = 5  # K stratified noises per real target
+    target_offset: int = 1  # 1: targets noised to t while matching x_{t-1} (reference); 0: to t-1
+    feature_width: int = 256  # phi's first width; 8x this many features (2048 in the reference)
+    max_targets: Optional[int] = None  # cap on real targets per class (ours), None = all
+    lam: float = 5e-4  # weight of the quantile term
+    mmd_weight: float = 100.0  # weight of the MMD^2 term when loss = "mmd"
+    early_stop: int = 0  # stop a step's iterations after this many without improvement (0 = off)
+    early_stop_tol: float = 1e-3  # relative improvement that counts
+    max_retries: int = 3  # on NaN/Inf: halve lr and redo the step, this many times
+    latin_hypercube: bool = True
+    steps_fraction: float = 1.0  # optimise only the first (noisiest) fraction of the steps (ours)
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise DscoError(f"unknown NOpt loss {self.loss!r}: valid names are {', '.join(LOSSES)}")
+        if self.iterations < 0 or self.k_noises < 1 or self.lr <= 0:
+            raise DscoError("NOpt needs iterations >= 0, k_noises >= 1 and lr > 0")
+        if not 0 < self.steps_fraction <= 1:
+            raise DscoError(f"steps_fraction must be in (0, 1], got {self.steps_fraction}")
+        if self.target_offset not in (0, 1):
+            raise DscoError(f"target_offset must be 0 or 1, got {self.target_offset}")
+
+
+# ---- pure pieces ---------------------------------------------------------------------------
+
+def latin_hypercube_normal(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """n samples of N(0, I) stratified per dimension: the n values are Phi^-1((perm_i + 0.5) / n)."""
+    d = math.prod(shape)
+    perm = torch.argsort(torch.rand(d, n, generator=generator), dim=1).T  # (n, d), a permutation per dim
+    u = (perm.to(torch.float64) + 0.5) / n
+    return (torch.special.ndtri(u)).to(torch.float32).reshape(n, *shape)
+
+
+def stratified_target_noise(m: int, k: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """(k, m, ...) noises for m targets: Latin-hypercube over the k draws of each target.
+
+    With k = 1 the stratified draw would be the zero vector (the median), so plain N(0, I) is used.
+    """
+    if k == 1:
+        return torch.randn((1, m, *shape), generator=generator)
+    return torch.stack([latin_hypercube_normal(k, shape, generator) for _ in range(m)], 1)
+
+
+def rho(a: torch.Tensor) -> torch.Tensor:
+    """|a| + a^2: robust near zero, quadratic far away."""
+    return a.abs() + a.pow(2)
+
+
+def pivots(features: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, d) -> (d, n): per feature, the means of n equal contiguous blocks of its sorted values."""
+    if n > len(features):
+        raise DscoError(f"cannot form {n} pivots from {len(features)} target samples")
+    srt = features.sort(dim=0).values
+    return torch.stack([b.mean(dim=0) for b in torch.tensor_split(srt, n, dim=0)], dim=1)
+
+
+def quantile_loss(v: torch.Tensor, piv: torch.Tensor, lam: float) -> torch.Tensor:
+    """lam * N * sum_d sum_k rho(sort(v[:, d])[k] - p[d, k]): 1-D optimal transport per feature."""
+    n = len(v)
+    return lam * n * rho(v.sort(dim=0).values.T - piv).sum()
+
+
+def norm_loss(eps: torch.Tensor) -> torch.Tensor:
+    """sum_j rho(||eps_j|| - sqrt(D)): keeps each noise on the Gaussian shell."""
+    d = eps[0].numel()
+    return rho(eps.flatten(1).norm(dim=1) - math.sqrt(d)).sum()
+
+
+def standardise(f: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (f - m) / s
+
+
+def feature_std(f: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+    """Per-feature std, floored at `floor` x the median std so a near-constant feature cannot blow up the loss (ours)."""
+    s = f.std(0)
+    return s.clamp_min(max(floor * s.median().item(), 1e-8))
+
+
+# ---- one step ------------------------------------------------------------------------------
+
+@dataclass
+class StepRecord:
+    t: int
+    loss_first: float
+    loss_last: float
+    iterations: int
+    retries: int = 0
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_prev, eps) -> scalar
+
+
+def optimise_noise(
+    loss_fn: LossFn, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, cfg: NOptConfig, t: int, label: str
+) -> tuple[torch.Tensor, StepRecord]:
+    """J SGD iterations on eps for x_prev = mu + sigma * eps; retries with half the lr on NaN/Inf."""
+    lr = cfg.lr
+    for retry in range(cfg.max_retries + 1):
+        eps = eps0.clone().requires_grad_(True)
+        opt = torch.optim.SGD([eps], lr=lr, momentum=cfg.momentum)
+        first = last = float("nan")
+        best, stale, it, finite = math.inf, 0, 0, True
+        for it in range(1, cfg.iterations + 1):
+            loss = loss_fn(mu + sigma * eps, eps)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            last = loss.item()
+            first = last if it == 1 else first
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.early_stop:
+                if last < best * (1 - cfg.early_stop_tol):
+                    best, stale = last, 0
+                else:
+                    stale += 1
+                    if stale >= cfg.early_stop:
+                        break
+        eps = eps.detach()
+        if finite and torch.isfinite(eps).all():
+            return eps, StepRecord(t, first, last, it, retry)
+        lr /= 2
+    raise DscoError(f"NOpt: non-finite loss for class {label} at step t={t} after {cfg.max_retries} retries (lower --lr)")
+
+
+# ---- the per-class loop --------------------------------------------------------------------
+
+StepLossFactory = Callable[[int, int], Optional[LossFn]]  # (step index, t) -> loss or None to skip
+
+
+def steered_sampling(
+    backend: DiffusionBackend,
+    label: int,
+    x_T: torch.Tensor,
+    step_noise: torch.Tensor,
+    make_loss: StepLossFactory,
+    cfg: NOptConfig,
+    class_name: str = "",
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[StepRecord]]:
+    """Ancestral sampling where each step's noise is first optimised against `make_loss`.
+
+    The model runs once per step without gradient; the last step (sigma = 0) adds no noise.
+    """
+    y = torch.full((len(x_T),), label, dtype=torch.long)
+    x, records = x_T, []
+    optimised = math.ceil(cfg.steps_fraction * len(backend.timesteps))
+    bar = tqdm(backend.timesteps, desc=f"class {class_name}", leave=False, disable=not progress)
+    for i, t in enumerate(bar):
+        with torch.no_grad():
+            mu, sigma = backend.mean_sigma(x, t, y)
+        eps = step_noise[i]
+        active = i < optimised and float(sigma.max()) > 0 and cfg.iterations > 0
+        loss_fn = make_loss(i, t) if active else None
+        if loss_fn is not None:
+            eps, rec = optimise_noise(loss_fn, mu, sigma, eps, cfg, t, class_name)
+            records.append(rec)
+            bar.set_postfix(loss=f"{rec.loss_last:.4g}")
+        x = mu + sigma * eps
+    return x, records
+
+
+def nopt_class(
+    backend: DiffusionBackend,
+    label: int,
+    real_z0: torch.Tensor,
+    n: int,
+    cfg: NOptConfig,
+    generator: torch.Generator,
+    feature_seed: int,
+    class_name: str = "",
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[StepRecord]]:
+    """Synthesise n samples of one class (model space) whose features match the real class's."""
+    cfg.validate()
+    if cfg.max_targets is not None and len(real_z0) > cfg.max_targets:
+        real_z0 = real_z0[torch.randperm(len(real_z0), generator=generator)[: cfg.max_targets]]
+    if len(real_z0) * cfg.k_noises < n:
+        raise DscoError(f"class {class_name}: {len(real_z0)} real targets x K={cfg.k_noises} is fewer than IPC {n}")
+    shape = backend.sample_shape
+    x_T = latin_hypercube_normal(n, shape, generator) if cfg.latin_hypercube else torch.randn((n, *shape), generator=generator)
+    step_noise = torch.randn((len(backend.timesteps), n, *shape), generator=generator)
+    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed)
+    ts = backend.timesteps
+    target_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator)
+
+    def make_loss(i: int, t: int) -> LossFn:
+        t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)
+        z = real_z0.repeat(cfg.k_noises, 1, 1, 1)
+        zt = z if t_target is None else backend.q_sample(z, t_target, target_noise.flatten(0, 1))
+        f = phi.batched(zt)
+        m, s = f.mean(0), feature_std(f)
+        fs = standardise(f, m, s)
+        if cfg.loss == "quantile":
+            piv = pivots(fs, n)
+            return lambda x_prev, eps: quantile_loss(standardise(phi(x_prev), m, s), piv, cfg.lam) + norm_loss(eps)
+        return lambda x_prev, eps: cfg.mmd_weight * mmd2(standardise(phi(x_prev), m, s), fs) + norm_loss(eps)
+
+    return steered_sampling(backend, label, x_T, step_noise, make_loss, cfg, class_name, progress)

@@ -1,0 +1,201 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import importlib
+from dsco.cli import main
+from dsco.concentrate import METHODS, ConcentrateConfig, concentrate
+from dsco.data import ImageSet
+from dsco.errors import DscoError
+from dsco.evaluate import EvalProtocol, TeacherConfig, train_teacher
+from dsco.nopt import NOptConfig
+from dsco.outputset import read_manifest, verify
+
+conc = importlib.import_module("dsco.concentrate")  # the package re-exports a function of the same name
+
+FAST = NOptConfig(iterations=3, feature_width=16, k_noises=1, lr=0.05)
+
+
+def config(out: Path, method: str = "dsco", ipc: int = 3, **kw) -> ConcentrateConfig:
+    cfg = ConcentrateConfig(dataset="tiny", out=str(out), method=method, ipc=ipc, nopt=FAST, **kw)
+    cfg.datafree.templates = 4
+    cfg.dm.iterations = 3
+    cfg.doping_protocol = EvalProtocol(max_steps=5, width=16)
+    return cfg
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_writes_a_manifest_that_matches_its_files(method, tmp_path, tiny_set, tiny_backend):
+    out = concentrate(config(tmp_path / method, method), train=tiny_set, backend=tiny_backend, progress=False)
+    assert verify(out) == []
+    m = read_manifest(out)
+    assert m["method"] == method and m["counts"] == [3, 3, 3] and m["config"]["seed"] == 0
+    real = method in ("random", "herding", "kcenter")
+    assert all(e["source"] == ("real" if real else "synthetic") for e in m["images"])
+    if real:
+        assert all(tiny_set.labels[e["index"]] == e["label"] for e in m["images"])
+    assert not list(tmp_path.glob(".*.work"))
+
+
+def test_sample_command_writes_an_output_set(folder, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main(["sample", "--dataset", str(folder), "--model", str(tiny_model_dir), "--ipc", "2",
+                 "--sampling-steps", "4", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    assert m["method"] == "diffusion" and len(m["images"]) == 6 and verify(out) == []
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["a", "b", "c"]
+
+
+def test_data_free_reads_no_real_image(tmp_path, tiny_backend, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("the data-free mode read the dataset")
+
+    monkeypatch.setattr(conc, "load_dataset", no_data)
+    out = concentrate(config(tmp_path / "df", "dsco-datafree"), backend=tiny_backend, progress=False)
+    assert read_manifest(out)["class_names"] == ["a", "b", "c"] and verify(out) == []
+
+
+def test_data_free_with_a_dataset_that_raises_on_access(tmp_path, tiny_backend):
+    class Untouchable(ImageSet):
+        armed = False
+
+        def __getattribute__(self, name):
+            if object.__getattribute__(self, "armed") and name != "armed":
+                raise AssertionError(f"data-free touched the dataset's {name}")
+            return object.__getattribute__(self, name)
+
+    train = Untouchable(torch.zeros(3, 1, 8, 8), torch.arange(3), ["a", "b", "c"], "tiny")
+    train.armed = True
+    out = concentrate(config(tmp_path / "df", "dsco-datafree"), train=train, backend=tiny_backend, progress=False)
+    assert verify(out) == []
+
+
+def _hashes(out: Path) -> list[str]:
+    return [e["sha256"] for e in read_manifest(out)["images"]]
+
+
+def test_interrupted_run_resumes_to_the_same_set(tmp_path, tiny_set, tiny_backend, monkeypatch):
+    whole = concentrate(config(tmp_path / "whole"), train=tiny_set, backend=tiny_backend, progress=False)
+    real = conc._synthesise_class
+
+    def dies_on_class_2(run, label, *a):
+        if label == 2:
+            raise KeyboardInterrupt
+        return real(run, label, *a)
+
+    monkeypatch.setattr(conc, "_synthesise_class", dies_on_class_2)
+    with pytest.raises(KeyboardInterrupt):
+        concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
+    assert not (tmp_path / "cut").exists()
+    with pytest.raises(DscoError, match="pass --resume"):
+        concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
+    monkeypatch.setattr(conc, "_synthesise_class", real)
+    calls = []
+    monkeypatch.setattr(conc, "_synthesise_class", lambda run, label, *a: calls.append(label) or real(run, label, *a))
+    cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
+    assert calls == [2]  # finished classes are not redone
+    assert _hashes(cut) == _hashes(whole)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_set, tiny_backend, monkeypatch):
+    monkeypatch.setattr(conc, "_synthesise_class", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        concentrate(config(tmp_path / "x"), train=tiny_set, backend=tiny_backend, progress=False)
+    with pytest.raises(DscoError, match="different configuration"):
+        concentrate(config(tmp_path / "x", ipc=2), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
+
+
+def test_killed_process_resumes_to_the_same_output(folder, tiny_model_dir, tmp_path):
+    args = [sys.executable, "-m", "dsco", "concentrate", "--dataset", str(folder), "--model", str(tiny_model_dir),
+            "--ipc", "2", "--sampling-steps", "25", "--iterations", "3", "--feature-width", "16", "--k-noises", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(args + ["--out", str(tmp_path / "whole")], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stderr=subprocess.DEVNULL)
+    record = tmp_path / ".cut.work" / "classes" / "a.json"
+    deadline = time.time() + 120
+    while not record.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut").exists()
+    assert subprocess.run(args + ["--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True).returncode == 0
+    assert _hashes(tmp_path / "cut") == _hashes(tmp_path / "whole")
+
+
+def test_doping_adds_exactly_the_asked_real_images_with_their_clarity(tmp_path, tiny_set, tiny_backend):
+    cfg = config(tmp_path / "doped", "dsco", ipc=2)
+    cfg.doping.doping_ipc, cfg.doping.teacher = 2, str(tmp_path / "teacher")
+    train_teacher(tiny_set, tiny_set, TeacherConfig("tiny", 0, cfg.doping_protocol), tmp_path / "teacher", progress=False)
+    out = concentrate(cfg, train=tiny_set, backend=tiny_backend, progress=False)
+    m = read_manifest(out)
+    real = [e for e in m["images"] if e["source"] == "real"]
+    assert len(real) == 6 and len(m["images"]) == 12 and m["method"] == "dsco+doping"
+    assert all(-1 <= e["clarity"] <= 1 and tiny_set.labels[e["index"]] == e["label"] for e in real)
+    assert len({e["index"] for e in real}) == 6 and verify(out) == []
+    assert (tmp_path / "teacher" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("ipc", [0, -3])
+def test_impossible_ipc_is_an_error_and_writes_nothing(ipc, tmp_path, tiny_set, tiny_backend):
+    with pytest.raises(DscoError, match="IPC must be a positive integer"):
+        concentrate(config(tmp_path / "o", ipc=ipc), train=tiny_set, backend=tiny_backend, progress=False)
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.work").exists()
+
+
+def test_more_real_images_than_a_class_has_is_an_error(tmp_path, tiny_set):
+    with pytest.raises(DscoError, match="IPC 13 is more than the 12 real images of class 'a'"):
+        concentrate(config(tmp_path / "o", "random", ipc=13), train=tiny_set, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_method_lists_the_valid_names(tmp_path, folder, capsys):
+    assert main(["concentrate", "--dataset", str(folder), "--method", "magic", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "valid names are dsco, dsco-datafree, random" in err
+
+
+def test_model_with_another_class_count_is_refused(tmp_path, tiny_set, tiny_backend):
+    two = ImageSet(tiny_set.images[:24], tiny_set.labels[:24], ["a", "b"], "two")
+    with pytest.raises(DscoError, match="3 classes but the dataset has 2"):
+        concentrate(config(tmp_path / "o"), train=two, backend=tiny_backend, progress=False)
+
+
+def test_existing_output_is_never_overwritten(tmp_path, tiny_set):
+    (tmp_path / "o").mkdir()
+    with pytest.raises(DscoError, match="already exists"):
+        concentrate(config(tmp_path / "o", "random"), train=tiny_set, progress=False)
+
+
+def test_class_names_cannot_write_outside_the_output(tmp_path, tiny_set):
+    evil = ImageSet(tiny_set.images, tiny_set.labels, ["..", "../../up", "/abs"], "evil")
+    out = concentrate(config(tmp_path / "sub" / "o", "random", ipc=2), train=evil, progress=False)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(out in p.parents for p in files)
+    assert verify(out) == [] and len(list((out / "images").iterdir())) == 3
+
+
+def test_verify_lists_tampered_missing_and_extra_files(tmp_path, tiny_set, capsys):
+    out = concentrate(config(tmp_path / "o", "random", ipc=2), train=tiny_set, progress=False)
+    files = sorted((out / "images").rglob("*.png"))
+    files[0].write_bytes(files[1].read_bytes() + b"x")
+    files[2].unlink()
+    (out / "images" / "a" / "extra.png").write_bytes(b"")
+    problems = verify(out)
+    assert any("sha256 mismatch" in p for p in problems) and any("missing file" in p for p in problems)
+    assert any("not in manifest" in p for p in problems)
+    assert main(["verify", str(out)]) == 2
+
+
+def test_manifest_paths_leaving_the_directory_are_rejected(tmp_path, tiny_set):
+    out = concentrate(config(tmp_path / "o", "random", ipc=1), train=tiny_set, progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    m["images"][0]["path"] = "../../etc/passwd"
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert any("leaves the output directory" in p for p in verify(out))

@@ -1,0 +1,48 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsco.baselines import SELECTORS
+from dsco.doping import DopingConfig, clarity, real_count, select
+from dsco.errors import DscoError
+
+
+def test_clarity_is_one_for_a_confident_model_and_zero_for_a_uniform_one():
+    labels = torch.tensor([0, 2])
+    assert torch.allclose(clarity(torch.eye(3)[labels], labels), torch.ones(2))
+    assert torch.allclose(clarity(torch.full((2, 3), 1 / 3), labels), torch.zeros(2))
+    assert clarity(torch.tensor([[0.1, 0.9]]), torch.tensor([0])).item() == pytest.approx(-0.8)
+
+
+def test_doping_counts_are_exact():
+    assert real_count(DopingConfig(doping_ipc=7), 1000, 10, 100) == 70
+    assert real_count(DopingConfig(budget=0.3), 4000, 10, 100) == 1100
+    with pytest.raises(DscoError, match="smaller than the 100 synthetic"):
+        real_count(DopingConfig(budget=0.01), 4000, 10, 100)
+    with pytest.raises(DscoError, match="must be > 0"):
+        real_count(DopingConfig(doping_ipc=0), 4000, 10, 100)
+
+
+def test_global_selection_takes_the_lowest_scores_and_classwise_balances():
+    scores = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.05, 0.7])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert select(scores, labels, 3, 2, classwise=False).tolist() == [1, 2, 4]
+    assert select(scores, labels, 4, 2, classwise=True).tolist() == [1, 2, 4, 5]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(SELECTORS)), st.integers(1, 30), st.integers(1, 5), st.data())
+def test_selectors_return_the_right_count_without_duplicates(name, size, dim, data):
+    n = data.draw(st.integers(1, size))
+    g = torch.Generator().manual_seed(size * 7 + dim)
+    feats = torch.randn(size, dim, generator=g)
+    idx = SELECTORS[name](feats, n, g)
+    assert len(idx) == n and len(set(idx.tolist())) == n and 0 <= idx.min() and idx.max() < size
+
+
+def test_herding_and_kcenter_pick_the_obvious_points():
+    feats = torch.tensor([[0.0], [10.0], [-10.0], [0.1], [5.0]])  # mean 1.02
+    assert SELECTORS["herding"](feats, 1).tolist() == [3]  # nearest the mean
+    assert SELECTORS["herding"](feats, 3).tolist() == [3, 0, 4]  # running means 0.1, 0.05, 1.7
+    assert SELECTORS["kcenter"](feats, 3).tolist() == [3, 2, 1]  # then the two extremes
