@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+
+from dsco.bench import BenchConfig, bench, lossless_point, validate_results
+from dsco.cli import main
+from dsco.concentrate import ConcentrateConfig, concentrate
+from dsco.data import ImageSet, load_dataset
+from dsco.errors import DscoError
+from dsco.evaluate import EvalProtocol, evaluate_set, train_classifier
+from dsco.outputset import load_output_set
+
+QUICK = EvalProtocol(width=16, max_steps=20)
+
+
+def test_protocol_is_deterministic_for_a_seed(tiny_set):
+    a = train_classifier(tiny_set, QUICK, seed=1)
+    b = train_classifier(tiny_set, QUICK, seed=1)
+    c = train_classifier(tiny_set, QUICK, seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_training_length_depends_on_the_set_size_only():
+    p = EvalProtocol()
+    assert p.steps_for(10) == p.steps_for(20) < p.steps_for(100) <= p.steps_for(4000)
+
+
+def test_evaluate_command_runs_end_to_end_on_a_tiny_set(folder, test_folder, tmp_path, capsys):
+    out = tmp_path / "set"
+    assert main(["concentrate", "--method", "random", "--dataset", str(folder), "--ipc", "2", "--out", str(out)]) == 0
+    res = tmp_path / "r.json"
+    assert main(["evaluate", str(out), "--dataset", str(folder), "--test-dataset", str(test_folder), "--runs", "2",
+                 "--width", "16", "--max-steps", "10", "--json", str(res)]) == 0
+    r = json.loads(res.read_text())
+    assert r["train_size"] == 6 and r["runs"] == 2 and len(r["accs"]) == 2 and 0 <= r["mean"] <= 1
+    assert r["protocol"]["arch"] == "convnet3"
+
+
+def test_full_uses_every_training_image(folder, test_folder, tmp_path):
+    res = tmp_path / "r.json"
+    assert main(["evaluate", "--full", "--dataset", str(folder), "--test-dataset", str(test_folder), "--runs", "1",
+                 "--width", "16", "--max-steps", "5", "--json", str(res)]) == 0
+    assert json.loads(res.read_text())["train_size"] == 36
+
+
+def test_unknown_architecture_lists_the_valid_names(tiny_set):
+    with pytest.raises(DscoError, match="valid names are convnet3, convnet6, resnet18, resnetap10"):
+        evaluate_set(tiny_set, tiny_set, EvalProtocol(arch="vit"), runs=1, progress=False)
+
+
+def _mnist_test_as_output_set(tmp_path, shuffle_labels: bool) -> tuple[ImageSet, ImageSet]:
+    test = load_dataset("mnist5k", "test")
+    idx = torch.cat([test.indices_of(c)[:60] for c in range(10)])
+    seen = test.subset(idx)
+    if shuffle_labels:
+        seen.labels = seen.labels[torch.randperm(len(seen), generator=torch.Generator().manual_seed(0))]
+    out = concentrate(ConcentrateConfig(out=str(tmp_path / "copy"), method="random", ipc=54), train=seen, progress=False)
+    evaluated = load_output_set(out)
+    return evaluated, seen
+
+
+def test_copied_test_images_score_near_100_percent(tmp_path):
+    """The harness can reach the ceiling: training on the very images it tests on."""
+    copied, seen = _mnist_test_as_output_set(tmp_path, shuffle_labels=False)
+    r = evaluate_set(copied, copied, EvalProtocol(max_steps=300), runs=1, progress=False)
+    assert r["mean"] >= 0.95
+
+
+def test_the_harness_can_fail_on_wrong_labels(tmp_path):
+    copied, _ = _mnist_test_as_output_set(tmp_path, shuffle_labels=True)
+    test = load_dataset("mnist5k", "test")
+    r = evaluate_set(copied, test, EvalProtocol(max_steps=150), runs=1, progress=False)
+    assert r["mean"] < 0.3
+
+
+def test_lossless_point_is_the_smallest_budget_within_one_std():
+    full = {"mean": 0.9, "std": 0.01}
+    rows = [{"budget": b, "mean": m} for b, m in [(0.1, 0.8), (0.3, 0.895), (0.2, 0.87), (0.5, 0.91)]]
+    assert lossless_point(rows, full) == 0.3
+    assert lossless_point(rows[:1], full) is None
+
+
+def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, tiny_model_dir, tmp_path):
+    cfg = BenchConfig(dataset=str(folder), test_dataset=str(test_folder), out=str(tmp_path / "b"), ipcs=[1, 2],
+                      methods=["random", "diffusion"], runs=2, model=str(tiny_model_dir), protocol=QUICK,
+                      curve=True, budgets=[0.2, 0.5], curve_synthetic_ipc=1, curve_synthetic_max_budget=0.2,
+                      command="test")
+    out = bench(cfg)
+    r = json.loads((out / "results.json").read_text())
+    validate_results(r)
+    assert {(c["method"], c["ipc"]) for c in r["cells"]} == {(m, i) for m in ("random", "diffusion") for i in (1, 2)}
+    assert {c["method"] for c in r["curve"]} == {"dsco-doping", "dsco", "random"}
+    assert "full train split" in (out / "results.md").read_text()
+    for png in ("accuracy_vs_ipc.png", "cost_vs_ipc.png", "lossless_curve.png", "samples_ipc1.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_results_schema_rejects_a_broken_file():
+    good = {"dataset": "d", "arch": "convnet3", "runs": 3, "machine": "m", "command": "c",
+            "full": {"mean": 0.9, "std": 0.01}, "cells": [{"method": "dsco", "ipc": 10, "mean": 0.5, "std": 0.1,
+                                                          "synthesis_seconds": 1.0}], "curve": [], "lossless_point": {}}
+    validate_results(good)
+    with pytest.raises(DscoError, match="lacks"):
+        validate_results({k: v for k, v in good.items() if k != "full"})
+    bad = json.loads(json.dumps(good))
+    bad["cells"][0]["mean"] = 7
+    with pytest.raises(DscoError, match="out of range"):
+        validate_results(bad)
