@@ -199,3 +199,18 @@ def test_manifest_paths_leaving_the_directory_are_rejected(tmp_path, tiny_set):
     m["images"][0]["path"] = "../../etc/passwd"
     (out / "manifest.json").write_text(json.dumps(m))
     assert any("leaves the output directory" in p for p in verify(out))
+
+
+def test_disk_full_is_reported_and_leaves_no_half_written_class(tmp_path, tiny_set, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(DscoError, match="cannot write .*No space left on device"):
+        concentrate(config(tmp_path / "o", "random", ipc=1), train=tiny_set, progress=False)
+    assert not (tmp_path / "o").exists()
+    assert not any(tmp_path.rglob("*.png")) and not any(tmp_path.rglob("*.partial"))

@@ -37,7 +37,7 @@ def nopt_preset(name: str) -> NOptConfig:
     if name == "reference":
         return NOptConfig()
     if name == "fast":
-        return NOptConfig(iterations=10, feature_width=32, k_noises=2, max_targets=200)
+        return NOptConfig(iterations=10, feature_width=32, k_noises=1, max_targets=100)
     raise DscoError(f"unknown NOpt schedule {name!r}: valid names are {', '.join(SCHEDULES)}")
 
 

@@ -73,8 +73,8 @@ def staging_dir(final: Path) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        yield tmp
         with _reported_os_errors(final):
+            yield tmp
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
