@@ -42,6 +42,7 @@ class BenchConfig:
     budgets: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     curve_synthetic_ipc: int = 10  # the fixed synthetic part of the doped sets
     curve_synthetic_max_budget: float = 0.1  # synthetic-only DsCo beyond this is too slow for CPU
+    curve_labels: list[str] = field(default_factory=lambda: ["hard", "teacher"])
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
     test_dataset: Optional[str] = None  # test split of a folder dataset
     teacher: Optional[str] = None  # teacher directory for doping and teacher labels; default OUT/teacher
@@ -146,7 +147,7 @@ def bench(cfg: BenchConfig) -> Path:
     curve: list[dict] = []
     lossless: dict[str, Optional[float]] = {}
     if cfg.curve:
-        for labels in ("hard", "teacher"):
+        for labels in cfg.curve_labels:
             for m in CURVE_METHODS:
                 rows = [r for bud in cfg.budgets if (r := b.curve_row(m, bud, labels)) is not None]
                 curve += rows

@@ -125,7 +125,8 @@ def _bench(a: argparse.Namespace) -> None:
         dataset=a.dataset, out=a.out, ipcs=[int(x) for x in a.ipc.split(",")], methods=a.methods.split(","),
         runs=a.runs, seed=a.seed, model=a.model, curve=a.curve, budgets=[float(x) for x in a.budgets.split(",")],
         curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
-        teacher=a.teacher, command=" ".join(["dsco", *sys.argv[1:]]),
+        teacher=a.teacher, curve_labels=a.curve_labels.split(","),
+        curve_synthetic_max_budget=a.curve_synthetic_max_budget, command=" ".join(["dsco", *sys.argv[1:]]),
     )
     print(bench(cfg))
 
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--curve", action="store_true", help="also the lossless curve over --budgets")
     b.add_argument("--budgets", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6")
     b.add_argument("--curve-synthetic-ipc", type=int, default=10)
+    b.add_argument("--curve-synthetic-max-budget", type=float, default=0.1, help="largest budget of the synthetic-only curve")
+    b.add_argument("--curve-labels", default="hard,teacher")
     b.add_argument("--teacher", default=None, help="teacher directory (default OUT/teacher, trained if missing)")
     b.set_defaults(func=_bench)
 

@@ -12,10 +12,10 @@ from ..models.classifiers import ConvNet
 class DMConfig:
     """The reference runs 20k iterations with lr 1 and DSA; shortened for CPU, no DSA."""
 
-    iterations: int = 300
+    iterations: int = 200
     lr: float = 1.0
     momentum: float = 0.5
-    real_batch: int = 256
+    real_batch: int = 128
     width: int = 64
 
 
