@@ -114,7 +114,7 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_set, tiny_backend,
 
 def test_killed_process_resumes_to_the_same_output(folder, tiny_model_dir, tmp_path):
     args = [sys.executable, "-m", "dsco", "concentrate", "--dataset", str(folder), "--model", str(tiny_model_dir),
-            "--ipc", "2", "--sampling-steps", "25", "--iterations", "3", "--feature-width", "16", "--k-noises", "1"]
+            "--ipc", "2", "--sampling-steps", "60", "--iterations", "3", "--feature-width", "16", "--k-noises", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     assert subprocess.run(args + ["--out", str(tmp_path / "whole")], env=env, capture_output=True).returncode == 0
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stderr=subprocess.DEVNULL)
