@@ -16,6 +16,12 @@ from .errors import DscoError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def safe_name(name: str) -> str:
     """Escape a class name so it is one path component that stays inside its folder."""
     if not isinstance(name, str) or name == "" or "\x00" in name:
@@ -50,6 +56,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary name only
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -72,6 +79,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     with _reported_os_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
     try:
         with _reported_os_errors(final):
             yield tmp
