@@ -81,18 +81,25 @@ class _Bench:
         self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset)
         self.teacher_dir = cfg.teacher or str(self.out / "teacher")
 
-    def cached(self, key: str, compute) -> dict:
+    def cached(self, key: str, compute, made_with: dict) -> dict:
+        """A cell's result from OUT/cells, computed once; refused if made with another configuration."""
         path = self.out / "cells" / f"{key}.json"
+        made_with = json.loads(json.dumps({**made_with, "protocol": asdict(self.cfg.protocol), "runs": self.cfg.runs}))
         if path.is_file():
-            return json.loads(path.read_text())
-        result = compute()
+            result = json.loads(path.read_text())
+            if result.get("made_with") != made_with:
+                raise DscoError(f"cached bench cell {path} was made with another configuration: delete it and {self.out / 'sets' / key}")
+            return result
+        result = {**compute(), "made_with": made_with}
         atomic_write_json(path, result)
         return result
 
-    def make_set(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> Path:
-        cc = ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
-                               seed=self.cfg.seed, model=self.cfg.model, doping=doping or DopingConfig(),
-                               doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset)
+    def set_config(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> ConcentrateConfig:
+        return ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
+                                 seed=self.cfg.seed, model=self.cfg.model, doping=doping or DopingConfig(),
+                                 doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset).resolved()
+
+    def make_set(self, cc: ConcentrateConfig) -> Path:
         return concentrate(cc, resume=True, train=self.train)
 
     def evaluate(self, path: Path, labels: str = "hard") -> dict:
@@ -105,13 +112,15 @@ class _Bench:
     def cell(self, method: str, ipc: int) -> dict:
         key = f"{method}-ipc{ipc}"
 
+        cc = self.set_config(key, method, ipc)
+
         def compute() -> dict:
-            path = self.make_set(key, method, ipc)
+            path = self.make_set(cc)
             r = self.evaluate(path)
             return {"method": method, "ipc": ipc, "mean": r["mean"], "std": r["std"], "accs": r["accs"],
                     "synthesis_seconds": read_manifest(path)["synthesis_seconds"]}
 
-        return self.cached(key, compute)
+        return self.cached(key, compute, asdict(cc))
 
     def curve_row(self, method: str, budget: float, labels: str) -> Optional[dict]:
         n_total = round(budget * len(self.train))
@@ -128,11 +137,13 @@ class _Bench:
         else:
             key, args = f"random-ipc{n_total // c}", ("random", n_total // c, None)
 
+        cc = self.set_config(key, *args)
+
         def compute() -> dict:
-            r = self.evaluate(self.make_set(key, *args), labels)
+            r = self.evaluate(self.make_set(cc), labels)
             return {"method": method, "labels": labels, "budget": budget, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
 
-        return self.cached(f"curve-{key}-{labels}", compute)
+        return self.cached(f"curve-{key}-{labels}", compute, asdict(cc))
 
 
 def bench(cfg: BenchConfig) -> Path:
@@ -142,7 +153,7 @@ def bench(cfg: BenchConfig) -> Path:
             raise DscoError(f"unknown method {m!r}: valid names are {', '.join(METHODS)}")
     b = _Bench(cfg)
     t0 = time.time()
-    full = b.cached("full", lambda: evaluate_set(b.train, b.test, cfg.protocol, cfg.runs, progress=False))
+    full = b.cached("full", lambda: evaluate_set(b.train, b.test, cfg.protocol, cfg.runs, progress=False), {"dataset": cfg.dataset})
     cells = [b.cell(m, ipc) for ipc in cfg.ipcs for m in cfg.methods]
     curve: list[dict] = []
     lossless: dict[str, Optional[float]] = {}

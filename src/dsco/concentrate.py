@@ -37,7 +37,7 @@ def nopt_preset(name: str) -> NOptConfig:
     if name == "reference":
         return NOptConfig()
     if name == "fast":
-        return NOptConfig(iterations=10, feature_width=32, k_noises=1, max_targets=100)
+        return NOptConfig(iterations=30, feature_width=64, k_noises=1, max_targets=100, target_offset=0)
     raise DscoError(f"unknown NOpt schedule {name!r}: valid names are {', '.join(SCHEDULES)}")
 
 
