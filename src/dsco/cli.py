@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--guidance", type=float, default=2.0)
         c.add_argument("--resume", action="store_true", help="continue an interrupted run")
         c.add_argument("--schedule", default="fast", help="NOpt preset: fast (ours, default) or reference")
-        c.add_argument("--templates", type=int, default=20, help="data-free template samples per class")
+        c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, fast 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, diffusion, dm")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
         c.add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")

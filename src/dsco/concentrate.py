@@ -87,7 +87,10 @@ class ConcentrateConfig:
             raise DscoError(f"IPC must be a positive integer, got {self.ipc}")
         nopt = self.nopt if self.nopt is not None else nopt_preset(self.schedule)
         nopt.validate()
-        return replace(self, nopt=nopt)
+        templates = self.datafree.templates or (200 if self.schedule == "reference" else 20)
+        if templates < 1:
+            raise DscoError(f"data-free templates must be >= 1, got {templates}")
+        return replace(self, nopt=nopt, datafree=replace(self.datafree, templates=templates))
 
 
 def _class_seed(seed: int, label: int) -> int:

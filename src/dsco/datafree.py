@@ -7,6 +7,7 @@ so the samples' standardised maps have zero mean, unit std, and low mutual cosin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -19,7 +20,7 @@ from .nopt import LossFn, NOptConfig, StepRecord, norm_loss, rho, steered_sampli
 class DataFreeConfig:
     """Data-free knobs; defaults are the reference's."""
 
-    templates: int = 200  # template samples per class
+    templates: Optional[int] = None  # template samples per class; None = by schedule (reference 200, fast 20)
     diversity_weight: float = 10.0
     beta: float = 1e-3  # weight of the moment terms
     template_batch: int = 100
