@@ -214,3 +214,15 @@ def test_disk_full_is_reported_and_leaves_no_half_written_class(tmp_path, tiny_s
         concentrate(config(tmp_path / "o", "random", ipc=1), train=tiny_set, progress=False)
     assert not (tmp_path / "o").exists()
     assert not any(tmp_path.rglob("*.png")) and not any(tmp_path.rglob("*.partial"))
+
+
+def test_a_sets_fingerprint_ignores_the_knobs_of_other_methods():
+    from dataclasses import replace
+
+    from dsco.concentrate import determining
+    from dsco.datafree import DataFreeConfig
+
+    rand = ConcentrateConfig(method="random").resolved()
+    assert determining(rand) == determining(replace(rand, datafree=DataFreeConfig(templates=5), nopt=FAST))
+    dsco_cfg = replace(rand, method="dsco")
+    assert determining(dsco_cfg) != determining(replace(dsco_cfg, nopt=FAST))

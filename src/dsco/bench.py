@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from .concentrate import METHODS, ConcentrateConfig, concentrate
+from .concentrate import METHODS, ConcentrateConfig, concentrate, determining
 from .data import load_dataset
 from .doping import DopingConfig
 from .errors import DscoError
@@ -87,7 +87,8 @@ class _Bench:
         made_with = json.loads(json.dumps({**made_with, "protocol": asdict(self.cfg.protocol), "runs": self.cfg.runs}))
         if path.is_file():
             result = json.loads(path.read_text())
-            if result.get("made_with") != made_with:
+            stored = result.get("made_with") or {}
+            if any(stored.get(k, object()) != v for k, v in made_with.items()):
                 raise DscoError(f"cached bench cell {path} was made with another configuration: delete it and {self.out / 'sets' / key}")
             return result
         result = {**compute(), "made_with": made_with}
@@ -120,7 +121,7 @@ class _Bench:
             return {"method": method, "ipc": ipc, "mean": r["mean"], "std": r["std"], "accs": r["accs"],
                     "synthesis_seconds": read_manifest(path)["synthesis_seconds"]}
 
-        return self.cached(key, compute, asdict(cc))
+        return self.cached(key, compute, determining(cc))
 
     def curve_row(self, method: str, budget: float, labels: str) -> Optional[dict]:
         n_total = round(budget * len(self.train))
@@ -143,7 +144,7 @@ class _Bench:
             r = self.evaluate(self.make_set(cc), labels)
             return {"method": method, "labels": labels, "budget": budget, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
 
-        return self.cached(f"curve-{key}-{labels}", compute, asdict(cc))
+        return self.cached(f"curve-{key}-{labels}", compute, determining(cc))
 
 
 def bench(cfg: BenchConfig) -> Path:

@@ -93,6 +93,23 @@ class ConcentrateConfig:
         return replace(self, nopt=nopt, datafree=replace(self.datafree, templates=templates))
 
 
+def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
+    """The config fields that can change the set `cfg` builds (another method's knobs dropped)."""
+    d = asdict(cfg)
+    if cfg.method not in ("dsco", "dsco-datafree"):
+        d.pop("nopt")
+    if cfg.method != "dsco-datafree":
+        d.pop("datafree")
+    if cfg.method != "dm":
+        d.pop("dm")
+    if cfg.method not in ("herding", "kcenter"):
+        d.pop("feature_space")
+    if not cfg.doping.enabled:
+        d.pop("doping")
+        d.pop("doping_protocol")
+    return d
+
+
 def _class_seed(seed: int, label: int) -> int:
     return seed * 1_000_003 + label
 
