@@ -7,7 +7,7 @@ through the random feature net phi, never through the diffusion model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
