@@ -63,6 +63,8 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     return ConcentrateConfig(
         dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
         sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=a.schedule, nopt=replace(nopt, **overrides),
+        vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
+        latent_cache=a.latent_cache, device=a.device,
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
     )
@@ -106,6 +108,14 @@ def _evaluate(a: argparse.Namespace) -> None:
     print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
     if a.json:
         atomic_write_json(a.json, result)
+
+
+def _convert_dit(a: argparse.Namespace) -> None:
+    from .models.latent import load_dit, save_dit
+
+    transformer, vae, _, _ = load_dit(a.checkpoint, a.vae, a.num_heads)
+    save_dit(transformer, vae, a.out)
+    print(a.out)
 
 
 def _verify(a: argparse.Namespace) -> None:
@@ -155,9 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--out", required=True)
         c.add_argument("--ipc", type=int, default=10, help="images per class")
         c.add_argument("--seed", type=int, default=0)
-        c.add_argument("--model", default=None, help="diffusion model directory (default: the shipped mnist5k model)")
+        c.add_argument("--model", default=None, help="pixel model directory (default: the shipped mnist5k model), "
+                       "or a DiT: diffusers directory (DiTPipeline.save_pretrained), original DiT checkpoint file, or hub id")
         c.add_argument("--sampling-steps", type=int, default=50)
-        c.add_argument("--guidance", type=float, default=2.0)
+        c.add_argument("--guidance", type=float, default=None, help="CFG scale (default: 2.0 pixel models, 4.0 DiT)")
+        c.add_argument("--vae", default=None, help="DiT: VAE directory or hub id (default: the model's vae/, "
+                       "or stabilityai/sd-vae-ft-mse for a checkpoint file)")
+        c.add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer")
+        c.add_argument("--guidance-channels", type=int, default=None, help="DiT: guide only the first C latent channels "
+                       "(the original DiT code guides 3; default all)")
+        c.add_argument("--class-map", default=None, help="JSON {class folder: model label} when folders are not ImageNet wnids")
+        c.add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
+        c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         c.add_argument("--resume", action="store_true", help="continue an interrupted run")
         c.add_argument("--schedule", default="fast", help="NOpt preset: fast (ours, default) or reference")
         c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, fast 20)")
@@ -180,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
         c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher); trained and cached if missing")
         c.set_defaults(func=func)
+
+    cv = sub.add_parser("convert-dit", help="convert an original DiT checkpoint (+ VAE) into a diffusers DiT directory")
+    cv.add_argument("checkpoint")
+    cv.add_argument("--vae", default=None, help="VAE directory or hub id (default stabilityai/sd-vae-ft-mse)")
+    cv.add_argument("--num-heads", type=int, default=None, help="attention heads, when the width is not a DiT-S/B/L/XL one")
+    cv.add_argument("--out", required=True)
+    cv.set_defaults(func=_convert_dit)
 
     tt = sub.add_parser("train-teacher", help="train the teacher classifier on the full train split")
     _data_args(tt)

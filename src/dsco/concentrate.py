@@ -1,9 +1,12 @@
 """`dsco concentrate`: per class, resumable orchestration of every method into one output set."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
+from datetime import timedelta
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -11,18 +14,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .baselines import SELECTORS, DMConfig, distribution_matching
-from .data import ImageSet, load_dataset
+from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
+from .data.imagenet import imagenet_index, is_wnid, subset_wnids, wnid_to_label
 from .datafree import DataFreeConfig, datafree_class
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_proba, train_classifier
 from .features import RandomFeatureNet
-from .fsio import atomic_write_json, safe_name
-from .models.diffusion import DiffusionBackend, plain_sample
-from .models.pixel import PixelBackend
+from .fsio import atomic_write_bytes, atomic_write_json, safe_name
+from .models.diffusion import DiffusionBackend, device_of, plain_sample
+from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig, nopt_class
 from .outputset import FORMAT, read_images, write_class_images
 
@@ -63,7 +69,13 @@ class ConcentrateConfig:
     seed: int = 0
     model: Optional[str] = None  # diffusion model directory; None = the shipped one for mnist5k
     sampling_steps: int = 50
-    guidance: float = 2.0
+    guidance: Optional[float] = None  # None = the model's own: 2.0 for pixel models, 4.0 for DiT
+    vae: Optional[str] = None  # DiT only: VAE directory or hub id (default: the DiT directory's vae/)
+    bf16: bool = False  # DiT only: bf16 autocast for the transformer's forward passes
+    guidance_channels: Optional[int] = None  # DiT only: guide the first C latent channels (None = all)
+    class_map: Optional[str] = None  # JSON file {class folder name: model label}
+    latent_cache: Optional[str] = None  # DiT only: where real-image latents are cached (None = ~/.cache/dsco/latents)
+    device: Optional[str] = None  # None = cuda (this rank's GPU) when available, else cpu
     schedule: str = "fast"  # NOpt preset the `nopt` field starts from (see nopt_preset)
     nopt: Optional[NOptConfig] = None  # None = the preset
     datafree: DataFreeConfig = field(default_factory=DataFreeConfig)
@@ -90,12 +102,19 @@ class ConcentrateConfig:
         templates = self.datafree.templates or (200 if self.schedule == "reference" else 20)
         if templates < 1:
             raise DscoError(f"data-free templates must be >= 1, got {templates}")
-        return replace(self, nopt=nopt, datafree=replace(self.datafree, templates=templates))
+        guidance = self.guidance
+        if guidance is None:
+            guidance = default_guidance(self.model) if self.model else 2.0
+        return replace(self, nopt=nopt, datafree=replace(self.datafree, templates=templates), guidance=guidance)
+
+    def model_source(self) -> str:
+        return str(self.model or default_model_dir(self.dataset))
 
 
 def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     """The config fields that can change the set `cfg` builds (another method's knobs dropped)."""
     d = asdict(cfg)
+    d.pop("latent_cache")
     if cfg.method not in ("dsco", "dsco-datafree"):
         d.pop("nopt")
     if cfg.method != "dsco-datafree":
@@ -114,11 +133,67 @@ def _class_seed(seed: int, label: int) -> int:
     return seed * 1_000_003 + label
 
 
-def _check_backend(backend: DiffusionBackend, class_names: list[str], shape: tuple[int, ...]) -> None:
-    if backend.num_classes != len(class_names):
-        raise DscoError(f"the diffusion model has {backend.num_classes} classes but the dataset has {len(class_names)}")
-    if tuple(backend.sample_shape) != tuple(shape):
-        raise DscoError(f"the diffusion model makes {tuple(backend.sample_shape)} samples but the dataset's images are {tuple(shape)}")
+def image_shape_of(backend: DiffusionBackend) -> tuple[int, ...]:
+    """The decoded image shape: the sample shape for pixel models, (3, S, S) for latent ones."""
+    return tuple(getattr(backend, "image_shape", backend.sample_shape))
+
+
+def model_labels(class_names: list[str], backend: DiffusionBackend, class_map: Optional[str]) -> list[int]:
+    """The model's label for each dataset class: --class-map, else ImageNet wnids, else the same index."""
+    k = backend.num_classes
+    if class_map:
+        try:
+            mapping = json.loads(Path(class_map).read_text())
+        except (OSError, ValueError) as e:
+            raise DscoError(f"cannot read --class-map {class_map}: {e}") from e
+        missing = [c for c in class_names if c not in mapping]
+        if missing:
+            raise DscoError(f"--class-map {class_map} has no label for class {missing[0]!r} ({len(missing)} missing)")
+        labels = [mapping[c] for c in class_names]
+        bad = [v for v in labels if not isinstance(v, int) or not 0 <= v < k]
+        if bad:
+            raise DscoError(f"--class-map {class_map}: label {bad[0]!r} is not an integer in 0..{k - 1}")
+        return labels
+    if k == 1000 and all(is_wnid(c) for c in class_names):
+        return [wnid_to_label(c) for c in class_names]
+    if k == len(class_names):
+        return list(range(k))
+    raise DscoError(
+        f"the diffusion model has {k} classes but the dataset has {len(class_names)}, whose folder names (e.g. "
+        f"{class_names[0]!r}) are not ImageNet wnids: pass --class-map FILE.json (folder name -> model label)"
+    )
+
+
+def _check_backend(backend: DiffusionBackend, shape: tuple[int, ...]) -> None:
+    if image_shape_of(backend) != tuple(shape):
+        raise DscoError(f"the diffusion model makes {image_shape_of(backend)} images but the dataset's images are {tuple(shape)}")
+
+
+def _datafree_class_names(cfg: ConcentrateConfig, backend: DiffusionBackend) -> list[str]:
+    """Class names without reading data: a named ImageNet subset, the model's own list, or 0..K-1."""
+    if cfg.dataset in IMAGENET_NAMES:
+        return list(subset_wnids(cfg.dataset))
+    names = list(getattr(getattr(backend, "config", None), "class_names", []) or [])
+    if names:
+        return names
+    if backend.num_classes == 1000:
+        return list(imagenet_index()[0])
+    return [str(i) for i in range(backend.num_classes)]
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group (nccl on GPU, gloo on CPU) on first call."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend, timeout=timedelta(hours=4))
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _selection_features(images: torch.Tensor, space: str, seed: int) -> torch.Tensor:
@@ -130,8 +205,9 @@ def _selection_features(images: torch.Tensor, space: str, seed: int) -> torch.Te
 class _Run:
     """State of one run: the work directory beside `out`, its finished classes, and the inputs."""
 
-    def __init__(self, cfg: ConcentrateConfig, train: Optional[ImageSet], backend: Optional[DiffusionBackend], resume: bool, progress: bool):
+    def __init__(self, cfg: ConcentrateConfig, train, backend: Optional[DiffusionBackend], resume: bool, progress: bool, rank: int = 0):
         self.cfg, self.train, self.backend, self.progress = cfg, train, backend, progress
+        self.labels: list[int] = []  # the model's label per dataset class
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
         saved = self.work / "run.json"
@@ -141,8 +217,10 @@ class _Run:
         if resume and saved.is_file():
             if json.loads(saved.read_text())["config"] != json.loads(json.dumps(record["config"])):
                 raise DscoError(f"--resume: the run in {self.work} used a different configuration")
-        else:
+        _barrier()  # every rank has checked before rank 0 creates the work directory
+        if rank == 0 and not saved.is_file():
             atomic_write_json(saved, record)
+        _barrier()
 
     def class_record(self, name: str) -> Path:
         return self.work / "classes" / f"{safe_name(name)}.json"
@@ -158,22 +236,43 @@ def _synthesise_class(run: _Run, label: int, name: str, phi_shared: Optional[Ran
     g = torch.Generator().manual_seed(_class_seed(cfg.seed, label))
     stats: dict[str, Any] = {}
     if cfg.method in DIFFUSION_METHODS:
+        y = run.labels[label]
         if cfg.method == "dsco":
-            real = backend.encode(run.train.class_images(label))
-            z, records = nopt_class(backend, label, real, n, cfg.nopt, g, _class_seed(cfg.seed, label) + 1, name, run.progress)
+            real = _class_targets(run, label, name)
+            z, records = nopt_class(backend, y, real, n, cfg.nopt, g, _class_seed(cfg.seed, label) + 1, name, run.progress)
         elif cfg.method == "dsco-datafree":
-            z, records = datafree_class(backend, label, n, cfg.nopt, cfg.datafree, g, phi_shared, name, run.progress)
+            z, records = datafree_class(backend, y, n, cfg.nopt, cfg.datafree, g, phi_shared, name, run.progress)
         else:
-            z, records = plain_sample(backend, label, n, g), []
+            z, records = plain_sample(backend, y, n, g), []
         stats["steps"] = [asdict(r) for r in records]
-        return backend.decode(z), [{"source": "synthetic"} for _ in range(n)], stats
+        return backend.decode(z).cpu(), [{"source": "synthetic"} for _ in range(n)], stats
     idx = run.train.indices_of(label)
-    real = run.train.images[idx]
+    real = run.train.class_images(label)
     if cfg.method == "dm":
         return distribution_matching(real, n, cfg.dm, g), [{"source": "synthetic"} for _ in range(n)], stats
     feats = _selection_features(real, cfg.feature_space, cfg.seed)
-    chosen = idx[SELECTORS[cfg.method](feats, n, g)]
-    return run.train.images[chosen], [{"source": "real", "index": int(i)} for i in chosen], stats
+    local = SELECTORS[cfg.method](feats, n, g)
+    return real[local], [{"source": "real", "index": int(i)} for i in idx[local]], stats
+
+
+def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
+    """A class's real images in model space; for latent models encoded once and cached on disk."""
+    backend = run.backend
+    if getattr(backend, "kind", "") != "latent":
+        return backend.encode(run.train.class_images(label))
+    root = Path(run.cfg.latent_cache) if run.cfg.latent_cache else Path.home() / ".cache" / "dsco" / "latents"
+    vae_key = hashlib.sha256(backend.vae.encoder.conv_in.weight.detach().cpu().numpy().tobytes()).hexdigest()[:12]
+    if isinstance(run.train, LazyImageSet):
+        data_key, images = run.train.class_fingerprint(label), None
+    else:
+        images = run.train.class_images(label)
+        data_key = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
+    path = root / safe_name(run.train.name or "dataset") / vae_key / f"{safe_name(name)}-{data_key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["latents"]
+    z = backend.encode(images if images is not None else run.train.class_images(label)).contiguous()
+    atomic_write_bytes(path, save({"latents": z}))
+    return load_file(str(path))["latents"]
 
 
 def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[str]) -> dict[int, list[dict]]:
@@ -227,34 +326,59 @@ def concentrate(
         if resume and (out / "manifest.json").is_file():
             return out
         raise DscoError(f"output directory {out} already exists: choose another --out or delete it")
+    rank, world = distributed()
+    progress = progress and rank == 0
+    if cfg.method in DIFFUSION_METHODS and backend is None:
+        device = cfg.device or (f"cuda:{torch.cuda.current_device()}" if world > 1 and torch.cuda.is_available() else None)
+        backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
+                               guidance_channels=cfg.guidance_channels, device=device)
     needs_real = cfg.method != "dsco-datafree" or cfg.doping.enabled
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some
     elif train is None:
-        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, on_bad_image=cfg.on_bad_image)
-    if cfg.method in DIFFUSION_METHODS and backend is None:
-        backend = PixelBackend.load(cfg.model or default_model_dir(cfg.dataset), cfg.sampling_steps, cfg.guidance)
-    class_names = list(train.class_names) if train is not None else list(backend.config.class_names)
-    if backend is not None:
-        _check_backend(backend, class_names, train.image_shape if train is not None else backend.sample_shape)
+        size = image_shape_of(backend)[-1] if getattr(backend, "kind", "") == "latent" else None
+        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, on_bad_image=cfg.on_bad_image, image_size=size)
+    class_names = list(train.class_names) if train is not None else _datafree_class_names(cfg, backend)
+    if backend is not None and train is not None:
+        _check_backend(backend, train.image_shape)
     if train is not None and cfg.method not in DIFFUSION_METHODS:
         for label, count in enumerate(train.class_counts()):
             if count < cfg.ipc:
                 raise DscoError(f"IPC {cfg.ipc} is more than the {count} real images of class {class_names[label]!r}")
-    run = _Run(cfg, train, backend, resume, progress)
+    run = _Run(cfg, train, backend, resume, progress, rank)
+    if backend is not None:
+        run.labels = model_labels(class_names, backend, cfg.class_map)
     phi_shared = None
     if cfg.method == "dsco-datafree":
-        phi_shared = RandomFeatureNet(backend.sample_shape[0], cfg.nopt.feature_width, seed=cfg.seed)
-    entries: dict[int, list[dict]] = {}
-    class_stats: dict[str, Any] = {}
-    for label, name in enumerate(tqdm(class_names, desc=f"{cfg.method} ipc {cfg.ipc}", disable=not progress)):
-        rec = run.done(name)
-        if rec is None:
+        phi_shared = RandomFeatureNet(backend.sample_shape[0], cfg.nopt.feature_width, seed=cfg.seed).to(device_of(backend))
+    mine = [label for label in range(len(class_names)) if label % world == rank]  # classes are independent
+    for label in tqdm(mine, desc=f"{cfg.method} ipc {cfg.ipc}", disable=not progress):
+        name = class_names[label]
+        if run.done(name) is None:
             t0 = time.perf_counter()
             images, sources, stats = _synthesise_class(run, label, name, phi_shared)
             stats["seconds"] = round(time.perf_counter() - t0, 3)
             rec = {"entries": write_class_images(run.work, name, label, images, sources), "stats": stats}
             atomic_write_json(run.class_record(name), rec)
+    _barrier()  # every rank's classes are on disk
+    if rank != 0:
+        _barrier()  # rank 0 merges
+        return out
+    try:
+        return _finish(run, class_names)
+    finally:
+        _barrier()
+
+
+def _finish(run: _Run, class_names: list[str]) -> Path:
+    """Rank 0: gather the class records, dope if asked, write the manifest, rename into place."""
+    cfg, out = run.cfg, Path(run.cfg.out)
+    entries: dict[int, list[dict]] = {}
+    class_stats: dict[str, Any] = {}
+    for label, name in enumerate(class_names):
+        rec = run.done(name)
+        if rec is None:
+            raise DscoError(f"class {name!r} has no finished record in {run.work}")
         entries[label], class_stats[name] = rec["entries"], rec["stats"]
     if cfg.doping.enabled:
         entries = _dope(run, entries, class_names)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .features import RandomFeatureNet
-from .models.diffusion import DiffusionBackend, draw_noise
+from .models.diffusion import DiffusionBackend, device_of, draw_noise
 from .nopt import LossFn, NOptConfig, StepRecord, norm_loss, rho, steered_sampling
 
 
@@ -33,12 +33,13 @@ def template_stats(
     sums = [[0.0, 0.0, 0] for _ in backend.timesteps]
     for start in range(0, cfg.templates, cfg.template_batch):
         n = min(cfg.template_batch, cfg.templates - start)
-        y = torch.full((n,), label, dtype=torch.long)
-        x = torch.randn((n, *backend.sample_shape), generator=generator)
+        dev = device_of(backend)
+        y = torch.full((n,), label, dtype=torch.long, device=dev)
+        x = torch.randn((n, *backend.sample_shape), generator=generator).to(dev)
         with torch.no_grad():
             for i, t in enumerate(backend.timesteps):
                 mu, sigma = backend.mean_sigma(x, t, y)
-                x = mu + sigma * torch.randn(x.shape, generator=generator)
+                x = mu + sigma * torch.randn(x.shape, generator=generator).to(dev)
                 h = phi.maps(x).transpose(0, 1).flatten(1).double()  # (C, n*h*w)
                 sums[i][0] = sums[i][0] + h.sum(1)
                 sums[i][1] = sums[i][1] + h.pow(2).sum(1)
@@ -55,7 +56,7 @@ def datafree_loss(h: torch.Tensor, eps: torch.Tensor, cfg: DataFreeConfig) -> to
     """norm + diversity (max cosine to another sample) + beta*HW*(rho(mean_c) + rho(std_c - 1)) on standardised maps h."""
     flat = torch.nn.functional.normalize(h.flatten(1), dim=1)
     cos = flat @ flat.T
-    cos = cos - 3 * torch.eye(len(h))  # exclude k == j from the max
+    cos = cos - 3 * torch.eye(len(h), device=h.device)  # exclude k == j from the max
     diversity = cos.max(dim=1).values.sum() if len(h) > 1 else h.new_zeros(())
     per_c = h.transpose(0, 1).flatten(1)
     hw = h.shape[2] * h.shape[3]

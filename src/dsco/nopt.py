@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import DscoError
 from .features import RandomFeatureNet
 from .mmd import mmd2
-from .models.diffusion import DiffusionBackend
+from .models.diffusion import DiffusionBackend, device_of
 
 LOSSES = ("quantile", "mmd")
 
@@ -174,14 +174,15 @@ def steered_sampling(
 
     The model runs once per step without gradient; the last step (sigma = 0) adds no noise.
     """
-    y = torch.full((len(x_T),), label, dtype=torch.long)
-    x, records = x_T, []
+    dev = device_of(backend)
+    y = torch.full((len(x_T),), label, dtype=torch.long, device=dev)
+    x, records = x_T.to(dev), []
     optimised = math.ceil(cfg.steps_fraction * len(backend.timesteps))
     bar = tqdm(backend.timesteps, desc=f"class {class_name}", leave=False, disable=not progress)
     for i, t in enumerate(bar):
         with torch.no_grad():
             mu, sigma = backend.mean_sigma(x, t, y)
-        eps = step_noise[i]
+        eps = step_noise[i].to(dev)
         active = i < optimised and float(sigma.max()) > 0 and cfg.iterations > 0
         loss_fn = make_loss(i, t) if active else None
         if loss_fn is not None:
@@ -212,9 +213,11 @@ def nopt_class(
     shape = backend.sample_shape
     x_T = latin_hypercube_normal(n, shape, generator) if cfg.latin_hypercube else torch.randn((n, *shape), generator=generator)
     step_noise = torch.randn((len(backend.timesteps), n, *shape), generator=generator)
-    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed)
+    dev = device_of(backend)
+    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed).to(dev)
     ts = backend.timesteps
-    target_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator)
+    target_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator).to(dev)
+    real_z0 = real_z0.to(dev)
 
     def make_loss(i: int, t: int) -> LossFn:
         t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)

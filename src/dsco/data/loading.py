@@ -16,7 +16,9 @@ from .imageset import ImageSet
 log = logging.getLogger(__name__)
 
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-DATASET_NAMES = ["mnist5k", *TORCHVISION_NAMES]
+IMAGENET_NAMES = ("imagenette", "imagewoof", "imagenet1k")
+DATASET_NAMES = ["mnist5k", *TORCHVISION_NAMES, *IMAGENET_NAMES]
+IMAGENET_SIZE = 256  # DiT-XL/2-256's resolution; the evaluation protocol resizes to its own
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MNIST5K_SEED = 0
 MNIST5K_TEST_SIZE = 1000
@@ -77,6 +79,17 @@ def _torchvision(name: str, split: str, root: str | None, download: bool) -> Ima
     images = (data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)).float() / 255.0
     labels = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
     return ImageSet(images, labels, [str(c) for c in ds.classes], name)
+
+
+def _imagenet(name: str, split: str, root: str | None, on_bad_image: str, image_size: int):
+    """A named subset of an ImageNet-layout folder: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG."""
+    from .imagenet import subset_wnids
+    from .lazy import scan_folder
+
+    if root is None:
+        raise DscoError(f"dataset {name!r} needs --data-root DIR, an ImageNet-layout folder (DIR/train/<wnid>, DIR/val/<wnid>)")
+    folder = Path(root) / ("train" if split == "train" else "val")
+    return scan_folder(folder, list(subset_wnids(name)), name, image_size, on_bad_image)
 
 
 def _read_image(path: Path) -> Image.Image:
@@ -163,6 +176,8 @@ def load_dataset(
         return _mnist5k(split)
     if name in TORCHVISION_NAMES:
         return _torchvision(name, split, data_root, download)
+    if name in IMAGENET_NAMES:
+        return _imagenet(name, split, data_root, on_bad_image, image_size or IMAGENET_SIZE)
     if "/" in name or Path(name).exists():
         if split == "test":
             if test_path is None:

@@ -54,6 +54,12 @@ class RespacedSchedule:
         i = self.timesteps.index(t)
         return 1.0 if i + 1 == len(self.timesteps) else float(self.alphas_cumprod[self.timesteps[i + 1]])
 
+    def step_variances(self, t: int) -> tuple[float, float]:
+        """(beta, posterior variance) of the respaced step from t: the ends of DiT's learned range."""
+        abar_t, abar_prev = float(self.alphas_cumprod[t]), self.prev_abar(t)
+        beta = 1 - abar_t / abar_prev
+        return beta, beta * (1 - abar_prev) / (1 - abar_t)
+
     def q_sample(self, z0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
         abar = float(self.alphas_cumprod[t])
         return abar**0.5 * z0 + (1 - abar) ** 0.5 * noise
@@ -73,6 +79,11 @@ class RespacedSchedule:
         return c0 * x0 + ct * x_t, torch.full((), var**0.5, dtype=x_t.dtype)
 
 
+def device_of(backend: DiffusionBackend) -> torch.device:
+    """Where a backend computes; noise is drawn on the CPU from seeded generators and moved there."""
+    return getattr(backend, "device", torch.device("cpu"))
+
+
 def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
@@ -83,10 +94,11 @@ def ancestral_sample(
     backend: DiffusionBackend, y: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor
 ) -> torch.Tensor:
     """Plain ancestral sampling with all noise supplied: x_T and one eps per step (S, N, ...)."""
-    x = x_T
+    dev = device_of(backend)
+    x, y = x_T.to(dev), y.to(dev)
     for i, t in enumerate(backend.timesteps):
         mu, sigma = backend.mean_sigma(x, t, y)
-        x = mu + sigma * step_noise[i]
+        x = mu + sigma * step_noise[i].to(dev)
     return x
 
 

@@ -1,0 +1,22 @@
+"""torchrun: classes sharded across ranks give exactly the set one process gives."""
+import os
+import subprocess
+import sys
+
+from dsco.outputset import read_manifest, verify
+
+
+def test_two_process_torchrun_writes_the_same_set_as_one_process(folder, tiny_model_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in both runs; torchrun sets 1 thread anyway
+    args = ["concentrate", "--dataset", str(folder), "--model", str(tiny_model_dir), "--ipc", "2",
+            "--sampling-steps", "4", "--iterations", "2", "--feature-width", "16"]
+    subprocess.run([sys.executable, "-m", "dsco", *args, "--out", str(tmp_path / "one")],
+                   env=env, check=True, timeout=300, capture_output=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "dsco", *args, "--out", str(tmp_path / "two")],
+                         env=env, timeout=300, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert verify(tmp_path / "two") == []
+    key = lambda m: [(e["path"], e["label"], e["sha256"]) for e in m["images"]]  # noqa: E731
+    assert key(read_manifest(tmp_path / "two")) == key(read_manifest(tmp_path / "one"))
+    assert not (tmp_path / ".two.work").exists()
