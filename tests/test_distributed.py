@@ -20,3 +20,14 @@ def test_two_process_torchrun_writes_the_same_set_as_one_process(folder, tiny_mo
     key = lambda m: [(e["path"], e["label"], e["sha256"]) for e in m["images"]]  # noqa: E731
     assert key(read_manifest(tmp_path / "two")) == key(read_manifest(tmp_path / "one"))
     assert not (tmp_path / ".two.work").exists()
+
+
+def test_evaluate_under_torchrun_trains_with_ddp_and_rank0_reports(folder, test_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "dsco", "evaluate", "--full", "--dataset", str(folder), "--test-dataset", str(test_folder),
+                          "--max-steps", "4", "--runs", "1", "--width", "8", "--json", str(tmp_path / "r.json")],
+                         env=env, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("top-1") == 1  # one report, from rank 0
+    assert (tmp_path / "r.json").is_file()

@@ -108,3 +108,40 @@ def test_results_schema_rejects_a_broken_file():
     bad["cells"][0]["mean"] = 7
     with pytest.raises(DscoError, match="out of range"):
         validate_results(bad)
+
+
+def test_imagenet_subset_protocol_trains_by_epochs_per_ipc():
+    from dsco.evaluate import protocol_named
+
+    p = protocol_named("imagenet-subset")
+    assert p.arch == "resnetap10" and p.image_size == 224 and p.cutmix_prob == 1.0
+    assert p.steps_for(100, 10) == 2000 * 2 and p.steps_for(10, 10) == 3000 and p.steps_for(5000, 10) == 500 * 79
+
+
+def test_crop_flip_protocol_trains_at_its_own_resolution():
+    from dataclasses import replace
+
+    from dsco.evaluate import accuracy, protocol_named, train_classifier
+
+    data = ImageSet(torch.rand(8, 3, 16, 16), torch.arange(2).repeat(4), ["n01440764", "n02102040"])
+    p = replace(protocol_named("imagenet-subset"), image_size=12, max_steps=2)
+    net = train_classifier(data, p, seed=0)
+    assert 0 <= accuracy(net, data, p.image_size) <= 1
+
+
+def test_imagenet_teacher_is_resnet18_sliced_to_the_subset(tmp_path):
+    from torchvision.models import resnet18
+
+    from dsco.evaluate import load_teacher
+
+    torch.manual_seed(0)
+    full = resnet18().eval()
+    torch.save(full.state_dict(), tmp_path / "resnet18.pth")
+    subset = ImageSet(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), ["n01440764", "n02102040"])
+    teacher = load_teacher(tmp_path / "resnet18.pth", subset)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), full(((x + 1) / 2 - mean) / std)[:, [0, 217]], atol=1e-5)
+    with pytest.raises(DscoError, match="wnid"):
+        load_teacher(tmp_path / "resnet18.pth", ImageSet(torch.rand(1, 3, 8, 8), torch.tensor([0]), ["cat"]))

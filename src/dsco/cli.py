@@ -17,15 +17,21 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="convnet3", help="convnet3, convnet6, resnet18, resnetap10")
-    p.add_argument("--width", type=int, default=32, help="ConvNet channels (the field's 128; 32 on CPU)")
+    p.add_argument("--protocol", default="cpu-small", help="cpu-small (ours, small images on CPU) or imagenet-subset "
+                   "(the paper's ImageNette/ImageWoof protocol: ResNetAP-10 at 224 px, epochs by IPC)")
+    p.add_argument("--arch", default=None, help="override the protocol's architecture: convnet3, convnet6, resnet18, resnetap10")
+    p.add_argument("--width", type=int, default=None, help="override the ConvNet channels (cpu-small: 32; the field: 128)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the classifier's training steps")
 
 
 def _protocol(a: argparse.Namespace):
-    from .evaluate import EvalProtocol
+    from dataclasses import replace
 
-    return EvalProtocol(arch=a.arch, width=a.width, max_steps=a.max_steps)
+    from .evaluate import protocol_named
+
+    p = protocol_named(a.protocol)
+    overrides = {k: getattr(a, k) for k in ("arch", "width", "max_steps") if getattr(a, k) is not None}
+    return replace(p, **overrides)
 
 
 def _load(a: argparse.Namespace, split: str):
@@ -102,12 +108,16 @@ def _evaluate(a: argparse.Namespace) -> None:
         raise DscoError("give an output set directory, or --full for the whole train split")
     else:
         train = load_output_set(a.set)
+    from .concentrate import distributed
+
+    rank, _ = distributed()  # under torchrun: DDP training, rank 0 reports
     teacher = load_teacher(a.teacher, train_full) if a.labels == "teacher" and a.teacher else None
-    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher)
+    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0)
     result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})
-    print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
-    if a.json:
-        atomic_write_json(a.json, result)
+    if rank == 0:
+        print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
+        if a.json:
+            atomic_write_json(a.json, result)
 
 
 def _convert_dit(a: argparse.Namespace) -> None:

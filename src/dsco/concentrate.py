@@ -288,10 +288,11 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
         lambda: load_dataset(cfg.dataset, "test", data_root=cfg.data_root, test_path=cfg.test_dataset, on_bad_image=cfg.on_bad_image),
         TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress,
     )
-    teacher_labels = predict_proba(teacher, train.images).argmax(1)
+    size = cfg.doping_protocol.image_size
+    teacher_labels = predict_proba(teacher, train.images, image_size=size).argmax(1)
     if cfg.doping.selector == "clarity":
         doping_model = train_classifier(synthetic, cfg.doping_protocol, cfg.seed, teacher, run.progress)
-        scores = clarity(predict_proba(doping_model, train.images), teacher_labels)
+        scores = clarity(predict_proba(doping_model, train.images, image_size=size), teacher_labels)
     else:
         scores = torch.rand(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     chosen = select(scores, train.labels, count, len(class_names), cfg.doping.classwise)

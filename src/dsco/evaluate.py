@@ -7,6 +7,7 @@ random shifts and CutMix; hard labels (cross-entropy) or teacher labels (KL at t
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -42,11 +45,54 @@ class EvalProtocol:
     temperature: float = 20.0
     # (max set size, optimiser steps): training length depends on the set size only
     steps_by_size: tuple[tuple[int, int], ...] = ((20, 300), (200, 500), (1000, 800), (5000, 1500), (10**9, 2500))
+    # (max images per class, epochs): the paper's schedule; when set it replaces steps_by_size
+    epochs_by_ipc: Optional[tuple[tuple[int, int], ...]] = None
+    image_size: Optional[int] = None  # train/test resolution (None = the set's own)
+    augment: str = "shift"  # "shift" (random translation) or "crop-flip" (random resized crop + flip)
     max_steps: Optional[int] = None  # cap, for quick checks
 
-    def steps_for(self, n: int) -> int:
-        steps = next(s for size, s in self.steps_by_size if n <= size)
+    def steps_for(self, n: int, num_classes: int = 1) -> int:
+        if self.epochs_by_ipc:
+            epochs = next(e for ipc, e in self.epochs_by_ipc if n / num_classes <= ipc)
+            steps = epochs * math.ceil(n / self.batch_size)
+        else:
+            steps = next(s for size, s in self.steps_by_size if n <= size)
         return min(steps, self.max_steps) if self.max_steps else steps
+
+
+PROTOCOLS: dict[str, EvalProtocol] = {
+    # ours: the field's ConvNet narrowed and shortened for 2 CPU cores (small images)
+    "cpu-small": EvalProtocol(),
+    # METHOD.md section 5, ImageNette/ImageWoof: ResNetAP-10 at 224 px, AdamW 1e-3, wd 0.01, batch 64,
+    # CutMix p 1, epochs 3000/2000/1500/1000/500 for IPC 1/<=10/<=50/<=200/>200
+    "imagenet-subset": EvalProtocol(
+        arch="resnetap10", width=None, cutmix_prob=1.0, shift=0, image_size=224, augment="crop-flip",
+        epochs_by_ipc=((1, 3000), (10, 2000), (50, 1500), (200, 1000), (10**9, 500)),
+    ),
+}
+
+
+def protocol_named(name: str) -> EvalProtocol:
+    if name not in PROTOCOLS:
+        raise DscoError(f"unknown protocol {name!r}: valid names are {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def train_device() -> torch.device:
+    """This rank's GPU under torchrun, the GPU, or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _fit_size(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """Center-crop (larger images) or resize (smaller) to size x size: the standard test-time view."""
+    if size is None or x.shape[-1] == size:
+        return x
+    if x.shape[-1] > size and x.shape[-2] >= size:
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        return x[..., top : top + size, left : left + size]
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -67,28 +113,43 @@ def train_classifier(
     teacher: Optional[torch.nn.Module] = None,
     progress: bool = False,
 ) -> torch.nn.Module:
-    """Train protocol.arch from scratch on `train`; with a teacher, match its softened outputs (KL, T)."""
+    """Train protocol.arch from scratch on `train`; with a teacher, match its softened outputs (KL, T).
+
+    Under torchrun every rank draws the same batch and trains on its slice with DDP (gradients averaged).
+    """
     if len(train) == 0:
         raise DscoError("cannot train a classifier on an empty set")
-    c, s = train.images.shape[1], train.images.shape[-1]
-    with torch.random.fork_rng():
+    if protocol.augment not in ("shift", "crop-flip"):
+        raise DscoError(f"unknown augmentation {protocol.augment!r}: valid names are shift, crop-flip")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    dev = train_device()
+    c, s = train.images.shape[1], protocol.image_size or train.images.shape[-1]
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        net = create_classifier(protocol.arch, c, train.num_classes, s, protocol.width)
+        net = create_classifier(protocol.arch, c, train.num_classes, s, protocol.width).to(dev)
+        model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else net
         cutmix = v2.CutMix(alpha=protocol.cutmix_beta, num_classes=train.num_classes)
+        crop_flip = v2.Compose([v2.RandomResizedCrop(s, antialias=True), v2.RandomHorizontalFlip()])
         g = torch.Generator().manual_seed(seed)
-        steps = protocol.steps_for(len(train))
+        steps = protocol.steps_for(len(train), train.num_classes)
         opt = torch.optim.AdamW(net.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         x_all = train.images * 2 - 1
         bs = min(protocol.batch_size, len(train))
+        if teacher is not None:
+            teacher = teacher.to(dev)
         net.train()
-        for _ in tqdm(range(steps), desc="train classifier", leave=False, disable=not progress):
-            idx = torch.randint(len(train), (bs,), generator=g)
-            x, y = random_shift(x_all[idx], protocol.shift, g), train.labels[idx]
+        for _ in tqdm(range(steps), desc="train classifier", leave=False, disable=not progress or rank != 0):
+            idx = torch.randint(len(train), (bs,), generator=g)[rank::world]  # every rank: same draw, own slice
+            if protocol.augment == "shift":
+                x = _fit_size(random_shift(x_all[idx], protocol.shift, g), s)
+            else:
+                x = torch.stack([crop_flip(im) for im in x_all[idx]])
+            x, y = x.to(dev), train.labels[idx].to(dev)
             target = F.one_hot(y, train.num_classes).float()
             if torch.rand((), generator=g).item() < protocol.cutmix_prob:
                 x, target = cutmix(x, y)
-            logits = net(x)
+            logits = model(x)
             if teacher is None:
                 loss = torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
             else:
@@ -106,14 +167,16 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict_proba(net: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Softmax outputs for images in [0, 1]."""
+def predict_proba(net: torch.nn.Module, images: torch.Tensor, batch: int = 250, image_size: Optional[int] = None) -> torch.Tensor:
+    """Softmax outputs (CPU) for images in [0, 1], center-cropped or resized to `image_size`."""
     net.eval()
-    return torch.cat([F.softmax(net(images[i : i + batch] * 2 - 1), 1) for i in range(0, len(images), batch)])
+    dev = next(net.parameters()).device
+    out = [F.softmax(net(_fit_size(images[i : i + batch].to(dev) * 2 - 1, image_size)), 1).cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out)
 
 
-def accuracy(net: torch.nn.Module, test: ImageSet) -> float:
-    return (predict_proba(net, test.images).argmax(1) == test.labels).float().mean().item()
+def accuracy(net: torch.nn.Module, test: ImageSet, image_size: Optional[int] = None) -> float:
+    return (predict_proba(net, test.images, image_size=image_size).argmax(1) == test.labels).float().mean().item()
 
 
 def check_compatible(train: ImageSet, test: ImageSet) -> None:
@@ -144,7 +207,7 @@ def evaluate_set(
     accs, t0 = [], time.time()
     for seed in tqdm(range(runs), desc="evaluate", disable=not progress):
         net = train_classifier(train, protocol, seed, teacher if labels == "teacher" else None, progress)
-        accs.append(accuracy(net, test))
+        accs.append(accuracy(net, test, protocol.image_size))
     return {
         "mean": statistics.fmean(accs),
         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -152,7 +215,7 @@ def evaluate_set(
         "runs": runs,
         "labels": labels,
         "train_size": len(train),
-        "steps": protocol.steps_for(len(train)),
+        "steps": protocol.steps_for(len(train), train.num_classes),
         "seconds": round(time.time() - t0, 1),
         "protocol": asdict(protocol),
     }
@@ -175,13 +238,54 @@ def save_teacher(net: torch.nn.Module, cfg: TeacherConfig, train: ImageSet, out:
         atomic_write_json(tmp / "config.json", meta)
 
 
-def load_teacher(path: str | Path, expect: Optional[ImageSet] = None) -> torch.nn.Module:
-    """Load a teacher directory; its class count and image shape must match `expect`."""
+class ImageNetTeacher(torch.nn.Module):
+    """An ImageNet-1k classifier sliced to a subset's classes; takes our [-1, 1] input, normalises it itself."""
+
+    def __init__(self, net: torch.nn.Module, labels: list[int]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("labels", torch.tensor(labels, dtype=torch.long))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(((x + 1) / 2 - self.mean) / self.std)[:, self.labels]
+
+
+def imagenet_teacher(path: str | Path, class_names: list[str], class_map: Optional[dict[str, int]] = None) -> ImageNetTeacher:
+    """torchvision ResNet-18 with ImageNet weights from a file (.pth state dict or .safetensors), sliced to the classes."""
+    from torchvision.models import resnet18
+
+    from .data.imagenet import is_wnid, wnid_to_label
+
     path = Path(path)
+    if class_map is None and not all(is_wnid(c) for c in class_names):
+        raise DscoError(f"an ImageNet teacher needs wnid class folders (e.g. n01440764), got {class_names[0]!r}")
+    labels = [class_map[c] if class_map else wnid_to_label(c) for c in class_names]
+    try:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file raises many kinds
+        raise DscoError(f"cannot read teacher weights {path}: {str(e).splitlines()[0]}") from e
+    net = resnet18()
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise DscoError(f"teacher weights {path} are not a torchvision ResNet-18 state dict") from e
+    return ImageNetTeacher(net, labels).eval().requires_grad_(False)
+
+
+def load_teacher(path: str | Path, expect: Optional[ImageSet] = None) -> torch.nn.Module:
+    """Load a teacher directory (dsco train-teacher), or an ImageNet ResNet-18 weights file sliced to `expect`'s classes."""
+    path = Path(path)
+    if path.is_file():
+        if expect is None:
+            raise DscoError("an ImageNet teacher file needs the dataset whose classes it is sliced to")
+        return imagenet_teacher(path, list(expect.class_names))
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise DscoError(f"teacher directory {path} must contain config.json and model.safetensors (dsco train-teacher)")
     meta = json.loads((path / "config.json").read_text())
-    p = EvalProtocol(**{k: (tuple(tuple(x) for x in v) if k == "steps_by_size" else v) for k, v in meta["config"]["protocol"].items()})
+    p = EvalProtocol(**{k: (tuple(tuple(x) for x in v) if k in ("steps_by_size", "epochs_by_ipc") and v else v)
+                        for k, v in meta["config"]["protocol"].items()})
     c, h, _ = meta["image_shape"]
     k = len(meta["class_names"])
     if expect is not None and (k != expect.num_classes or tuple(meta["image_shape"]) != expect.image_shape):
@@ -197,7 +301,7 @@ def load_teacher(path: str | Path, expect: Optional[ImageSet] = None) -> torch.n
 def train_teacher(train: ImageSet, test: ImageSet, cfg: TeacherConfig, out: str | Path, progress: bool = True) -> float:
     """Train the teacher on the full train split and cache it in `out`; returns its test accuracy."""
     net = train_classifier(train, cfg.protocol, cfg.seed, progress=progress)
-    acc = accuracy(net, test)
+    acc = accuracy(net, test, cfg.protocol.image_size)
     save_teacher(net, cfg, train, Path(out), acc)
     return acc
 
