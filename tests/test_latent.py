@@ -195,3 +195,29 @@ def test_dsco_on_a_dit_caches_real_latents_and_never_reencodes(tmp_path, dit_dir
     monkeypatch.setattr(LatentBackend, "encode", lambda *a: pytest.fail("real images were encoded again"))
     again = concentrate(cfg("b"), progress=False)
     assert [e["sha256"] for e in read_manifest(again)["images"]] == [e["sha256"] for e in read_manifest(out)["images"]]
+
+
+def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_throughput", Path(__file__).parents[1] / "benchmarks" / "gpu_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "ddim,nopt-fast", "--dtypes", "fp32",
+              "--targets", "8", "--out", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert [c["variant"] for c in r["results"]] == ["ddim", "nopt-fast"] and all(c["images_per_second"] > 0 for c in r["results"])
+
+
+def test_convert_dit_command_writes_a_loadable_diffusers_directory(tmp_path, capsys):
+    from dsco.cli import main
+
+    torch.save(dit_style_checkpoint(), tmp_path / "DiT-tiny.pt")
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    main(["convert-dit", str(tmp_path / "DiT-tiny.pt"), "--vae", str(tmp_path / "vae"), "--num-heads", "2",
+          "--out", str(tmp_path / "dit")])
+    backend = load_backend(tmp_path / "dit", num_steps=3, device="cpu")
+    converted = convert_dit_checkpoint(dit_style_checkpoint())
+    assert torch.equal(backend.transformer.state_dict()["proj_out_2.weight"], converted["proj_out_2.weight"])
+    assert main(["convert-dit", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "missing.pt" in capsys.readouterr().err

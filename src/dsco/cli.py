@@ -9,9 +9,10 @@ from .errors import DscoError
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist5k", help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100, or an ImageFolder path")
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k (embedded), mnist, fashion-mnist, cifar10, cifar100, "
+                   "imagenette, imagewoof, imagenet1k (ImageNet layout under --data-root), or an ImageFolder path")
     p.add_argument("--test-dataset", default=None, help="ImageFolder path of the test split (with a folder --dataset)")
-    p.add_argument("--data-root", default=None, help="root of a torchvision dataset")
+    p.add_argument("--data-root", default=None, help="root of a torchvision dataset, or of an ImageNet-layout folder (train/<wnid>, val/<wnid>)")
     p.add_argument("--download", action="store_true", help="let torchvision download into --data-root")
     p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
 
@@ -59,6 +60,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     from .concentrate import ConcentrateConfig, nopt_preset
     from .datafree import DataFreeConfig
     from .doping import DopingConfig
+    from .evaluate import protocol_named
 
     nopt = nopt_preset(a.schedule)
     overrides = {k: getattr(a, k) for k in ("loss", "iterations", "lr", "momentum", "k_noises", "target_offset",
@@ -70,7 +72,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
         sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=a.schedule, nopt=replace(nopt, **overrides),
         vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
-        latent_cache=a.latent_cache, device=a.device,
+        latent_cache=a.latent_cache, device=a.device, doping_protocol=protocol_named(a.doping_protocol),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
     )
@@ -207,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
         c.add_argument("--classwise", action="store_true", help="Doping: rank clarity within each class")
         c.add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
-        c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher); trained and cached if missing")
+        c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher; trained and cached if missing), "
+                       "or an ImageNet ResNet-18 weights file for ImageNet subsets")
+        c.add_argument("--doping-protocol", default="cpu-small", help="training protocol of the doping model: "
+                       "cpu-small, imagenet-subset, imagenet1k")
         c.set_defaults(func=func)
 
     cv = sub.add_parser("convert-dit", help="convert an original DiT checkpoint (+ VAE) into a diffusers DiT directory")

@@ -69,6 +69,12 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         arch="resnetap10", width=None, cutmix_prob=1.0, shift=0, image_size=224, augment="crop-flip",
         epochs_by_ipc=((1, 3000), (10, 2000), (50, 1500), (200, 1000), (10**9, 500)),
     ),
+    # METHOD.md section 5, ImageNet-1k low IPC (RDED's): ResNet-18 at 224 px, AdamW, 300 epochs
+    # (with --labels teacher: KD from a ResNet-18 teacher at T 20)
+    "imagenet1k": EvalProtocol(
+        arch="resnet18", width=None, cutmix_prob=1.0, shift=0, image_size=224, augment="crop-flip",
+        epochs_by_ipc=((10**9, 300),),
+    ),
 }
 
 
@@ -309,7 +315,9 @@ def train_teacher(train: ImageSet, test: ImageSet, cfg: TeacherConfig, out: str 
 def ensure_teacher(
     path: str | Path, train: ImageSet, test: Callable[[], ImageSet], cfg: TeacherConfig, progress: bool = True
 ) -> torch.nn.Module:
-    """Load the cached teacher in `path`, training it there first if it is missing."""
+    """Load the cached teacher in `path` (or an ImageNet weights file), training it there first if it is missing."""
+    if Path(path).is_file():
+        return load_teacher(path, train)
     if not (Path(path) / "config.json").is_file():
         train_teacher(train, test(), cfg, path, progress)
     return load_teacher(path, train)

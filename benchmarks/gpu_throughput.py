@@ -1,0 +1,120 @@
+"""Throughput and peak GPU memory of a DiT-XL/2-sized model at 256x256: plain DDIM vs NOpt, bf16 vs fp32.
+
+Random weights (speed does not depend on them): DiT-XL/2 (28 layers, width 1152, 16 heads, patch 2,
+1000 classes, learned sigma) and the SD VAE architecture (4 levels 128-256-512-512). Each cell
+synthesises `--classes` classes at an IPC with guidance 4.0 and 50 steps, VAE decode included, and
+reports images per second and peak allocated GPU memory. NOpt runs on random "real" latents
+(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) and the fast preset.
+
+    python benchmarks/gpu_throughput.py --out benchmarks/results/gpu_throughput.json
+    python benchmarks/gpu_throughput.py --tiny --device cpu --out /tmp/smoke.json   # a CPU smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+
+from dsco.bench import machine
+from dsco.concentrate import nopt_preset
+from dsco.fsio import atomic_write_json
+from dsco.models.latent import LatentBackend, alphas_cumprod_from
+from dsco.nopt import NOptConfig, nopt_class
+
+
+def build(tiny: bool) -> tuple[DiTTransformer2DModel, AutoencoderKL]:
+    if tiny:
+        dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                    num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+        vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
+        return dit, vae
+    dit = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                                num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=256)
+    return dit, vae
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def ddim(backend: LatentBackend, label: int, n: int, steps: int, g: torch.Generator) -> torch.Tensor:
+    """Plain DDIM (eta 0) with classifier-free guidance, using diffusers' scheduler."""
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    sched.set_timesteps(steps)
+    x = torch.randn((n, *backend.sample_shape), generator=g).to(backend.device)
+    y = torch.full((n,), label, device=backend.device)
+    for t in sched.timesteps:
+        eps, _ = backend.model_output(x, int(t), y)
+        x = sched.step(eps, t, x).prev_sample
+    return backend.decode(x)
+
+
+def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, nopt: NOptConfig | None) -> dict:
+    dev = backend.device
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    for label in range(classes):
+        g = torch.Generator().manual_seed(label)
+        if method == "ddim":
+            ddim(backend, label, ipc, len(backend.timesteps), g)
+        else:
+            real = torch.randn((targets, *backend.sample_shape), generator=g)
+            z, _ = nopt_class(backend, label, real, ipc, nopt, g, label + 1)
+            backend.decode(z)
+    sync(dev)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    return {"method": method, "ipc": ipc, "classes": classes, "seconds": round(seconds, 2),
+            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak and round(peak, 2),
+            "nopt": asdict(nopt) if nopt else None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ipc", default="10,50")
+    p.add_argument("--dtypes", default="bf16,fp32")
+    p.add_argument("--methods", default="ddim,nopt-fast,nopt-reference")
+    p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--targets", type=int, default=1300, help="random real latents per class (ImageNet has ~1300)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    dit, vae = build(a.tiny)
+    results = []
+    for dtype in a.dtypes.split(","):
+        backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)
+        for ipc in [int(x) for x in a.ipc.split(",")]:
+            for method in a.methods.split(","):
+                nopt = None
+                if method.startswith("nopt"):
+                    nopt = nopt_preset(method.split("-", 1)[1])
+                    if a.tiny:
+                        nopt.iterations, nopt.feature_width = min(nopt.iterations, 2), 16
+                r = cell(backend, "ddim" if method == "ddim" else "nopt", ipc, a.classes, a.targets, nopt)
+                r.update({"variant": method, "dtype": dtype})
+                print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s, peak {r['peak_gpu_gib']} GiB", flush=True)
+                results.append(r)
+    dev = backend.device
+    atomic_write_json(a.out, {
+        "benchmark": "gpu_throughput", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 + SD-VAE (random weights)",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "machine": machine(),
+        "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "results": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
