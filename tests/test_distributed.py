@@ -1,25 +1,39 @@
 """torchrun: classes sharded across ranks give exactly the set one process gives."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from dsco.outputset import read_manifest, verify
 
 
-def test_two_process_torchrun_writes_the_same_set_as_one_process(folder, tiny_model_dir, tmp_path):
+def test_two_process_torchrun_writes_the_same_set_as_one_process_and_resumes_a_killed_run(folder, tiny_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in both runs; torchrun sets 1 thread anyway
     args = ["concentrate", "--dataset", str(folder), "--model", str(tiny_model_dir), "--ipc", "2",
-            "--sampling-steps", "4", "--iterations", "2", "--feature-width", "16"]
+            "--sampling-steps", "30", "--iterations", "2", "--feature-width", "16"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dsco", *args]
     subprocess.run([sys.executable, "-m", "dsco", *args, "--out", str(tmp_path / "one")],
                    env=env, check=True, timeout=300, capture_output=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "dsco", *args, "--out", str(tmp_path / "two")],
-                         env=env, timeout=300, capture_output=True, text=True)
+    two = subprocess.run([*torchrun, "--out", str(tmp_path / "two")], env=env, timeout=300, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]
     assert verify(tmp_path / "two") == []
     key = lambda m: [(e["path"], e["label"], e["sha256"]) for e in m["images"]]  # noqa: E731
     assert key(read_manifest(tmp_path / "two")) == key(read_manifest(tmp_path / "one"))
     assert not (tmp_path / ".two.work").exists()
+
+    # a one-process run killed after its first class, resumed by two ranks
+    proc = subprocess.Popen([sys.executable, "-m", "dsco", *args, "--out", str(tmp_path / "cut")], env=env, stderr=subprocess.DEVNULL)
+    record = tmp_path / ".cut.work" / "classes" / "a.json"
+    deadline = time.time() + 120
+    while not record.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert record.exists() and not (tmp_path / "cut").exists()
+    resumed = subprocess.run([*torchrun, "--out", str(tmp_path / "cut"), "--resume"], env=env, timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert key(read_manifest(tmp_path / "cut")) == key(read_manifest(tmp_path / "one"))
 
 
 def test_evaluate_under_torchrun_trains_with_ddp_and_rank0_reports(folder, test_folder, tmp_path):

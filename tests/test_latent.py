@@ -221,3 +221,20 @@ def test_convert_dit_command_writes_a_loadable_diffusers_directory(tmp_path, cap
     assert torch.equal(backend.transformer.state_dict()["proj_out_2.weight"], converted["proj_out_2.weight"])
     assert main(["convert-dit", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_data_free_on_a_named_imagenet_subset_needs_no_data(tmp_path, backend):
+    cfg = ConcentrateConfig(dataset="imagenette", out=str(tmp_path / "df"), method="dsco-datafree", ipc=1,
+                            nopt=NOptConfig(iterations=1, feature_width=16), device="cpu")
+    cfg.datafree.templates = 2
+    m = read_manifest(concentrate(cfg, backend=backend, progress=False))
+    assert m["class_names"] == list(IMAGENETTE) and m["counts"] == [1] * 10
+
+
+def test_bf16_autocast_gives_finite_steps_close_to_fp32(backend):
+    x, y, t = torch.randn(2, 4, LATENT, LATENT), torch.tensor([1, 2]), backend.timesteps[1]
+    mu32, _ = backend.mean_sigma(x, t, y)
+    backend.bf16 = True
+    mu16, s16 = backend.mean_sigma(x, t, y)
+    assert torch.isfinite(mu16).all() and torch.isfinite(s16).all()
+    assert (mu16 - mu32).abs().max() < 0.1 * mu32.abs().max()

@@ -60,7 +60,8 @@ def datafree_loss(h: torch.Tensor, eps: torch.Tensor, cfg: DataFreeConfig) -> to
     diversity = cos.max(dim=1).values.sum() if len(h) > 1 else h.new_zeros(())
     per_c = h.transpose(0, 1).flatten(1)
     hw = h.shape[2] * h.shape[3]
-    moments = rho(per_c.mean(1)).sum() + rho(per_c.std(1) - 1).sum()
+    correction = 1 if per_c.shape[1] > 1 else 0  # one sample at 1x1 maps (IPC 1, tiny latents): std 0, not NaN
+    moments = rho(per_c.mean(1)).sum() + rho(per_c.std(1, correction=correction) - 1).sum()
     return norm_loss(eps) + cfg.diversity_weight * diversity + cfg.beta * hw * moments
 
 
