@@ -13,6 +13,7 @@ import importlib
 from dsco.cli import main
 from dsco.concentrate import METHODS, ConcentrateConfig, concentrate
 from dsco.data import ImageSet
+from dsco.doping import DopingConfig
 from dsco.errors import DscoError
 from dsco.evaluate import EvalProtocol, TeacherConfig, train_teacher
 from dsco.nopt import NOptConfig
@@ -226,3 +227,15 @@ def test_a_sets_fingerprint_ignores_the_knobs_of_other_methods():
     assert determining(rand) == determining(replace(rand, datafree=DataFreeConfig(templates=5), nopt=FAST))
     dsco_cfg = replace(rand, method="dsco")
     assert determining(dsco_cfg) != determining(replace(dsco_cfg, nopt=FAST))
+
+
+def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, tiny_set, tiny_backend):
+    teacher = tmp_path / "teacher"
+    train_teacher(tiny_set, tiny_set, TeacherConfig("tiny", 0, EvalProtocol(max_steps=5, width=16)), teacher, progress=False)
+    doping = lambda: DopingConfig(doping_ipc=2, teacher=str(teacher))  # noqa: E731
+    syn = concentrate(config(tmp_path / "syn"), train=tiny_set, backend=tiny_backend, progress=False)
+    scratch = concentrate(config(tmp_path / "scratch", doping=doping()), train=tiny_set, backend=tiny_backend, progress=False)
+    reused = concentrate(config(tmp_path / "reused", doping=doping(), synthetic_set=str(syn)), train=tiny_set, progress=False)
+    assert _hashes(reused) == _hashes(scratch)
+    with pytest.raises(DscoError, match="add --doping-ipc or --budget"):
+        concentrate(config(tmp_path / "bad", synthetic_set=str(syn)), train=tiny_set, progress=False)

@@ -87,7 +87,9 @@ class _Bench:
         made_with = json.loads(json.dumps({**made_with, "protocol": asdict(self.cfg.protocol), "runs": self.cfg.runs}))
         if path.is_file():
             result = json.loads(path.read_text())
-            stored = result.get("made_with") or {}
+            stored = dict(result.get("made_with") or {})
+            if "protocol" in stored:  # fields added to the protocol later read as their defaults
+                stored["protocol"] = {**json.loads(json.dumps(asdict(EvalProtocol()))), **stored["protocol"]}
             if any(stored.get(k, object()) != v for k, v in made_with.items()):
                 raise DscoError(f"cached bench cell {path} was made with another configuration: delete it and {self.out / 'sets' / key}")
             return result
@@ -96,9 +98,11 @@ class _Bench:
         return result
 
     def set_config(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> ConcentrateConfig:
+        synthetic = str(self.out / "sets" / f"{method}-ipc{ipc}") if doping is not None else None
         return ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
                                  seed=self.cfg.seed, model=self.cfg.model, doping=doping or DopingConfig(),
-                                 doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset).resolved()
+                                 doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset,
+                                 synthetic_set=synthetic).resolved()
 
     def make_set(self, cc: ConcentrateConfig) -> Path:
         return concentrate(cc, resume=True, train=self.train)
@@ -130,6 +134,7 @@ class _Bench:
         if method == "dsco-doping":
             if n_total <= syn * c:
                 return None
+            self.cell("dsco", syn)  # the synthetic part, made once and shared by every budget
             key, args = f"doping-b{budget}", ("dsco", syn, DopingConfig(budget=budget, teacher=self.teacher_dir))
         elif method == "dsco":
             if budget > self.cfg.curve_synthetic_max_budget:

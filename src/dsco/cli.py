@@ -72,7 +72,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
         sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=a.schedule, nopt=replace(nopt, **overrides),
         vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
-        latent_cache=a.latent_cache, device=a.device, doping_protocol=protocol_named(a.doping_protocol),
+        latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
     )
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
         c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher; trained and cached if missing), "
                        "or an ImageNet ResNet-18 weights file for ImageNet subsets")
+        c.add_argument("--synthetic-set", default=None, help="Doping: reuse this output set's synthetic images "
+                       "(same dataset, IPC) instead of synthesising them again")
         c.add_argument("--doping-protocol", default="cpu-small", help="training protocol of the doping model: "
                        "cpu-small, imagenet-subset, imagenet1k")
         c.set_defaults(func=func)

@@ -30,12 +30,13 @@ from .fsio import atomic_write_bytes, atomic_write_json, safe_name
 from .models.diffusion import DiffusionBackend, device_of, plain_sample
 from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig, nopt_class
-from .outputset import FORMAT, read_images, write_class_images
+from .outputset import FORMAT, read_images, read_manifest, write_class_images
 
 METHODS = ("dsco", "dsco-datafree", "random", "herding", "kcenter", "diffusion", "dm")
 DIFFUSION_METHODS = ("dsco", "dsco-datafree", "diffusion")
 FEATURE_SPACES = ("pixels", "random-conv")
 SCHEDULES = ("reference", "fast")
+OPTIONAL_KNOBS = ("vae", "bf16", "guidance_channels", "class_map", "device", "synthetic_set")
 
 
 def nopt_preset(name: str) -> NOptConfig:
@@ -76,6 +77,7 @@ class ConcentrateConfig:
     class_map: Optional[str] = None  # JSON file {class folder name: model label}
     latent_cache: Optional[str] = None  # DiT only: where real-image latents are cached (None = ~/.cache/dsco/latents)
     device: Optional[str] = None  # None = cuda (this rank's GPU) when available, else cpu
+    synthetic_set: Optional[str] = None  # Doping: take the synthetic part from this output set instead of synthesising
     schedule: str = "fast"  # NOpt preset the `nopt` field starts from (see nopt_preset)
     nopt: Optional[NOptConfig] = None  # None = the preset
     datafree: DataFreeConfig = field(default_factory=DataFreeConfig)
@@ -115,6 +117,11 @@ def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     """The config fields that can change the set `cfg` builds (another method's knobs dropped)."""
     d = asdict(cfg)
     d.pop("latent_cache")
+    for key in OPTIONAL_KNOBS:  # an unset optional knob means the model's own behaviour: no change to the set
+        if d[key] in (None, False):
+            d.pop(key)
+    if cfg.synthetic_set:
+        d["synthetic_set_config"] = read_manifest(cfg.synthetic_set)["config"]
     if cfg.method not in ("dsco", "dsco-datafree"):
         d.pop("nopt")
     if cfg.method != "dsco-datafree":
@@ -235,6 +242,13 @@ def _synthesise_class(run: _Run, label: int, name: str, phi_shared: Optional[Ran
     cfg, backend, n = run.cfg, run.backend, run.cfg.ipc
     g = torch.Generator().manual_seed(_class_seed(cfg.seed, label))
     stats: dict[str, Any] = {}
+    if cfg.synthetic_set:
+        m = read_manifest(cfg.synthetic_set)
+        mine = [e for e in m["images"] if e["label"] == label and e["source"] == "synthetic"]
+        if len(mine) != n:
+            raise DscoError(f"--synthetic-set {cfg.synthetic_set} has {len(mine)} synthetic images of class {name!r}, not IPC {n}")
+        stats["synthetic_set"] = cfg.synthetic_set
+        return read_images(Path(cfg.synthetic_set), mine), [{"source": "synthetic"} for _ in range(n)], stats
     if cfg.method in DIFFUSION_METHODS:
         y = run.labels[label]
         if cfg.method == "dsco":
@@ -329,7 +343,12 @@ def concentrate(
         raise DscoError(f"output directory {out} already exists: choose another --out or delete it")
     rank, world = distributed()
     progress = progress and rank == 0
-    if cfg.method in DIFFUSION_METHODS and backend is None:
+    if cfg.synthetic_set:
+        if not cfg.doping.enabled:
+            raise DscoError("--synthetic-set only supplies the synthetic part of a doped set: add --doping-ipc or --budget")
+        if read_manifest(cfg.synthetic_set)["dataset"] != cfg.dataset:
+            raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
+    if cfg.method in DIFFUSION_METHODS and backend is None and not cfg.synthetic_set:
         device = cfg.device or (f"cuda:{torch.cuda.current_device()}" if world > 1 and torch.cuda.is_available() else None)
         backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
                                guidance_channels=cfg.guidance_channels, device=device)
@@ -349,6 +368,8 @@ def concentrate(
     run = _Run(cfg, train, backend, resume, progress, rank)
     if backend is not None:
         run.labels = model_labels(class_names, backend, cfg.class_map)
+    if cfg.synthetic_set and read_manifest(cfg.synthetic_set)["class_names"] != class_names:
+        raise DscoError(f"--synthetic-set {cfg.synthetic_set} has other classes than the dataset")
     phi_shared = None
     if cfg.method == "dsco-datafree":
         phi_shared = RandomFeatureNet(backend.sample_shape[0], cfg.nopt.feature_width, seed=cfg.seed).to(device_of(backend))
