@@ -17,6 +17,9 @@ def test_train_model_stops_resumes_and_continues_the_step_count(folder, tmp_path
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4 and len(state["losses"]) == 4
     assert any((first[k] != v).any() for k, v in load_file(str(out / "checkpoint" / "model.safetensors")).items())
+    meta = json.loads((out / "config.json").read_text())
+    assert "resume" not in meta["train"] and "out" not in meta["train"] and meta["steps_done"] == 4
+    assert meta["train_seconds"] >= state["train_seconds"] > 0  # cumulative over both sessions
     backend = PixelBackend.load(out, num_steps=3)
     assert backend.num_classes == 3 and backend.config.class_names == ["a", "b", "c"]
 

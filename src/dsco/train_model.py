@@ -43,12 +43,20 @@ def _checkpoint(out: Path) -> Path:
     return out / "checkpoint"
 
 
-def _save_checkpoint(out: Path, step: int, unet, ema, opt, config: TrainModelConfig, losses: list[float]) -> None:
+def recorded(config: TrainModelConfig) -> dict:
+    """The config as the model records it: where it was written and whether it resumed do not define it."""
+    d = asdict(config)
+    d.pop("out")
+    d.pop("resume")
+    return d
+
+
+def _save_checkpoint(out: Path, step: int, unet, ema, opt, config: TrainModelConfig, losses: list[float], seconds: float | None) -> None:
     with staging_dir(_checkpoint(out)) as tmp:
         save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, str(tmp / "ema.safetensors"))
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", {"step": step, "config": asdict(config), "losses": losses})
+        atomic_write_json(tmp / "state.json", {"step": step, "config": asdict(config), "losses": losses, "train_seconds": seconds})
 
 
 def train_model(config: TrainModelConfig, progress: bool = True) -> Path:
@@ -68,7 +76,7 @@ def train_model(config: TrainModelConfig, progress: bool = True) -> Path:
     ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=0.0)
     sched = mc.scheduler()
-    start, losses = 0, []
+    start, losses, before = 0, [], 0.0
     ckpt = _checkpoint(out)
     if config.resume and (ckpt / "state.json").is_file():
         state = json.loads((ckpt / "state.json").read_text())
@@ -79,6 +87,7 @@ def train_model(config: TrainModelConfig, progress: bool = True) -> Path:
         except pickle.UnpicklingError as e:
             raise DscoError(f"refusing {ckpt / 'optimizer.pt'}: it holds more than tensors ({str(e).splitlines()[0]})") from e
         start, losses = state["step"], state["losses"]
+        before = state.get("train_seconds")  # None: a checkpoint written before training time was recorded
         ema.n_averaged.fill_(start)
     elif config.resume:
         raise DscoError(f"--resume: no checkpoint under {ckpt}")
@@ -107,8 +116,11 @@ def train_model(config: TrainModelConfig, progress: bool = True) -> Path:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            _save_checkpoint(out, step + 1, unet, ema, opt, config, losses)
-    extra = {"train": asdict(config), "train_seconds_this_session": round(time.time() - t0, 1), "final_loss": sum(losses[-200:]) / max(1, len(losses[-200:]))}
+            elapsed = None if before is None else round(before + time.time() - t0, 1)
+            _save_checkpoint(out, step + 1, unet, ema, opt, config, losses, elapsed)
+    total = None if before is None else round(before + time.time() - t0, 1)
+    extra = {"train": recorded(config), "steps_done": max(start, config.steps), "train_seconds": total,
+             "final_loss": sum(losses[-200:]) / max(1, len(losses[-200:]))}
     save_pixel_model(ema.module, mc, out / "final", extra)
     for name in ("model.safetensors", "config.json"):
         (out / "final" / name).replace(out / name)
