@@ -1,6 +1,9 @@
 """Tiny datasets and randomly initialised models of the real classes, so tests run in seconds."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +70,12 @@ def tiny_model_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_backend(tiny_model_dir: Path) -> PixelBackend:
     return PixelBackend.load(tiny_model_dir, num_steps=5, guidance=2.0)
+
+
+def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 120) -> None:
+    """SIGKILL `proc` as soon as `path` exists (a finished class record): an interruption at a known point."""
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

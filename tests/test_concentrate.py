@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from dsco.errors import DscoError
 from dsco.evaluate import EvalProtocol, TeacherConfig, train_teacher
 from dsco.nopt import NOptConfig
 from dsco.outputset import read_manifest, verify
+from conftest import kill_when
 
 conc = importlib.import_module("dsco.concentrate")  # the package re-exports a function of the same name
 
@@ -120,11 +119,7 @@ def test_killed_process_resumes_to_the_same_output(folder, tiny_model_dir, tmp_p
     assert subprocess.run(args + ["--out", str(tmp_path / "whole")], env=env, capture_output=True).returncode == 0
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env, stderr=subprocess.DEVNULL)
     record = tmp_path / ".cut.work" / "classes" / "a.json"
-    deadline = time.time() + 120
-    while not record.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, record)
     assert not (tmp_path / "cut").exists()
     assert subprocess.run(args + ["--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True).returncode == 0
     assert _hashes(tmp_path / "cut") == _hashes(tmp_path / "whole")

@@ -1,11 +1,10 @@
 """torchrun: classes sharded across ranks give exactly the set one process gives."""
 import os
-import signal
 import subprocess
 import sys
-import time
 
 from dsco.outputset import read_manifest, verify
+from conftest import kill_when
 
 
 def test_two_process_torchrun_writes_the_same_set_as_one_process_and_resumes_a_killed_run(folder, tiny_model_dir, tmp_path):
@@ -25,11 +24,7 @@ def test_two_process_torchrun_writes_the_same_set_as_one_process_and_resumes_a_k
     # a one-process run killed after its first class, resumed by two ranks
     proc = subprocess.Popen([sys.executable, "-m", "dsco", *args, "--out", str(tmp_path / "cut")], env=env, stderr=subprocess.DEVNULL)
     record = tmp_path / ".cut.work" / "classes" / "a.json"
-    deadline = time.time() + 120
-    while not record.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, record)
     assert record.exists() and not (tmp_path / "cut").exists()
     resumed = subprocess.run([*torchrun, "--out", str(tmp_path / "cut"), "--resume"], env=env, timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -8,8 +8,29 @@ import torch
 from ..errors import DscoError
 
 
+class Labelled:
+    """What every data source shares: labels (N,) int64 and class names by label."""
+
+    labels: torch.Tensor
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def indices_of(self, label: int) -> torch.Tensor:
+        """Indices (into this set) of the images of one class, in order."""
+        return torch.nonzero(self.labels == label).flatten()
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
+
+
 @dataclass
-class ImageSet:
+class ImageSet(Labelled):
     """Images (N, C, H, W) float in [0, 1], labels (N,) int64, and the class names by label."""
 
     images: torch.Tensor
@@ -23,26 +44,12 @@ class ImageSet:
         if len(self.images) != len(self.labels):
             raise DscoError(f"dataset {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
-
-    def indices_of(self, label: int) -> torch.Tensor:
-        """Indices (into this set) of the images of one class, in order."""
-        return torch.nonzero(self.labels == label).flatten()
 
     def class_images(self, label: int) -> torch.Tensor:
         return self.images[self.indices_of(label)]
 
     def subset(self, indices: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[indices], self.labels[indices], list(self.class_names), self.name)
-
-    def class_counts(self) -> list[int]:
-        return torch.bincount(self.labels, minlength=self.num_classes).tolist()

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from ..errors import DscoError
-from .imageset import ImageSet
+from .imageset import ImageSet, Labelled
 from .loading import IMAGE_EXTENSIONS, _fit, _read_image
 
 log = logging.getLogger(__name__)
 
 
-class LazyImageSet:
+class LazyImageSet(Labelled):
     """The `ImageSet` interface over files: labels and counts up front, pixels per class on demand.
 
     Images are RGB, resized on the short side and center-cropped to `image_size` (the standard
@@ -29,22 +29,9 @@ class LazyImageSet:
         self.image_size, self.on_bad_image = image_size, on_bad_image
         self._all: Optional[torch.Tensor] = None
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
-
-    def indices_of(self, label: int) -> torch.Tensor:
-        return torch.nonzero(self.labels == label).flatten()
-
-    def class_counts(self) -> list[int]:
-        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def read(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode the images at `indices` (N, 3, S, S) in [0, 1]; a bad file fails or is replaced by the next good one."""
