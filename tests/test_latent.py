@@ -238,3 +238,20 @@ def test_bf16_autocast_gives_finite_steps_close_to_fp32(backend):
     mu16, s16 = backend.mean_sigma(x, t, y)
     assert torch.isfinite(mu16).all() and torch.isfinite(s16).all()
     assert (mu16 - mu32).abs().max() < 0.1 * mu32.abs().max()
+
+
+def test_checkpoint_with_a_wrongly_shaped_tensor_is_named(tmp_path):
+    sd = dit_style_checkpoint()
+    sd["blocks.0.mlp.fc1.weight"] = torch.zeros(3 * HIDDEN, HIDDEN)
+    torch.save(sd, tmp_path / "bad.pt")
+    with pytest.raises(DscoError, match="bad.pt does not fit"):
+        transformer_from_checkpoint(tmp_path / "bad.pt", num_heads=2)
+
+
+def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(DiTTransformer2DModel, "from_pretrained", offline)
+    with pytest.raises(DscoError, match="hub id .*needs internet.* facebook/DiT-XL-2-256"):
+        load_backend("facebook/DiT-XL-2-256")
