@@ -164,6 +164,11 @@ def _from_pretrained(cls, source: str, subfolder: Optional[str], what: str):
         raise DscoError(f"cannot load the {what} from {where} {source}: {str(e).splitlines()[0]}") from e
 
 
+def load_vae(source: str) -> AutoencoderKL:
+    """An AutoencoderKL from its own directory or hub id, or from a pipeline directory's vae/."""
+    return _from_pretrained(AutoencoderKL, source, "vae" if (Path(source) / "vae").is_dir() else None, "VAE")
+
+
 def load_dit(source: str | Path, vae: Optional[str] = None, num_heads: Optional[int] = None):
     """(transformer, vae, alphas_cumprod, id2label) from a DiT directory, hub id or checkpoint file."""
     p = Path(source)
@@ -171,14 +176,13 @@ def load_dit(source: str | Path, vae: Optional[str] = None, num_heads: Optional[
     sched_cfg: dict = {}
     if p.is_file():
         transformer = transformer_from_checkpoint(p, num_heads)
-        vae_src = vae or DEFAULT_VAE
-        vae_model = _from_pretrained(AutoencoderKL, vae_src, "vae" if (Path(vae_src) / "vae").is_dir() else None, "VAE")
+        vae_model = load_vae(vae or DEFAULT_VAE)
     else:
         src = str(source)
         if not p.exists() and not is_dit_source(src):
             raise DscoError(f"model path {source} does not exist")
         transformer = _from_pretrained(DiTTransformer2DModel, src, "transformer", "DiT transformer")
-        vae_model = _from_pretrained(AutoencoderKL, vae or src, None if vae and not (Path(vae) / "vae").is_dir() else "vae", "VAE")
+        vae_model = load_vae(vae) if vae else _from_pretrained(AutoencoderKL, src, "vae", "VAE")
         if p.is_dir():
             if (p / "scheduler" / "scheduler_config.json").is_file():
                 sched_cfg = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
