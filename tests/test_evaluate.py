@@ -95,6 +95,9 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     assert "full train split" in (out / "results.md").read_text()
     for png in ("accuracy_vs_ipc.png", "cost_vs_ipc.png", "lossless_curve.png", "samples_ipc1.png"):
         assert (out / png).stat().st_size > 1000
+    cfg.ipcs, cfg.cached_only = [1, 2, 3], True  # IPC 3 was never computed: left out, nothing computed
+    r = json.loads((bench(cfg) / "results.json").read_text())
+    assert {c["ipc"] for c in r["cells"]} == {1, 2} and not (out / "sets" / "random-ipc3").exists()
 
 
 def test_results_schema_rejects_a_broken_file():

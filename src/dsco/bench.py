@@ -47,6 +47,7 @@ class BenchConfig:
     test_dataset: Optional[str] = None  # test split of a folder dataset
     teacher: Optional[str] = None  # teacher directory for doping and teacher labels; default OUT/teacher
     command: str = ""
+    cached_only: bool = False  # assemble the table from cells already computed (by other bench processes); skip the rest
 
 
 def machine() -> str:
@@ -81,9 +82,14 @@ class _Bench:
         self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset)
         self.teacher_dir = cfg.teacher or str(self.out / "teacher")
 
-    def cached(self, key: str, compute, made_with: dict) -> dict:
-        """A cell's result from OUT/cells, computed once; refused if made with another configuration."""
+    def cached(self, key: str, compute, made_with: dict) -> Optional[dict]:
+        """A cell's result from OUT/cells, computed once; refused if made with another configuration.
+
+        With `cached_only`, a cell not computed yet is None (left out of the table).
+        """
         path = self.out / "cells" / f"{key}.json"
+        if self.cfg.cached_only and not path.is_file():
+            return None
         made_with = json.loads(json.dumps({**made_with, "protocol": asdict(self.cfg.protocol), "runs": self.cfg.runs}))
         if path.is_file():
             result = json.loads(path.read_text())
@@ -114,7 +120,7 @@ class _Bench:
             teacher = ensure_teacher(self.teacher_dir, self.train, lambda: self.test, tc, progress=False)
         return evaluate_set(load_output_set(path), self.test, self.cfg.protocol, self.cfg.runs, labels, teacher, progress=False)
 
-    def cell(self, method: str, ipc: int) -> dict:
+    def cell(self, method: str, ipc: int) -> Optional[dict]:
         key = f"{method}-ipc{ipc}"
 
         cc = self.set_config(key, method, ipc)
@@ -134,7 +140,8 @@ class _Bench:
         if method == "dsco-doping":
             if n_total <= syn * c:
                 return None
-            self.cell("dsco", syn)  # the synthetic part, made once and shared by every budget
+            if self.cell("dsco", syn) is None:  # the synthetic part, made once and shared by every budget
+                return None
             key, args = f"doping-b{budget}", ("dsco", syn, DopingConfig(budget=budget, teacher=self.teacher_dir))
         elif method == "dsco":
             if budget > self.cfg.curve_synthetic_max_budget:
@@ -160,7 +167,9 @@ def bench(cfg: BenchConfig) -> Path:
     b = _Bench(cfg)
     t0 = time.time()
     full = b.cached("full", lambda: evaluate_set(b.train, b.test, cfg.protocol, cfg.runs, progress=False), {"dataset": cfg.dataset})
-    cells = [b.cell(m, ipc) for ipc in cfg.ipcs for m in cfg.methods]
+    if full is None:
+        raise DscoError(f"--cached-only: no full-data result in {b.out / 'cells'} yet")
+    cells = [c for ipc in cfg.ipcs for m in cfg.methods if (c := b.cell(m, ipc)) is not None]
     curve: list[dict] = []
     lossless: dict[str, Optional[float]] = {}
     if cfg.curve:

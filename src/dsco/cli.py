@@ -148,6 +148,7 @@ def _bench(a: argparse.Namespace) -> None:
         curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
         teacher=a.teacher, curve_labels=a.curve_labels.split(","),
         curve_synthetic_max_budget=a.curve_synthetic_max_budget, command=" ".join(["dsco", *sys.argv[1:]]),
+        cached_only=a.cached_only,
     )
     print(bench(cfg))
 
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=None)
     b.add_argument("--out", required=True)
     b.add_argument("--curve", action="store_true", help="also the lossless curve over --budgets")
+    b.add_argument("--cached-only", action="store_true", help="assemble table and plots from the cells already "
+                   "computed (e.g. by parallel bench processes); compute nothing")
     b.add_argument("--budgets", default="0.05,0.1,0.2,0.3,0.4,0.5,0.6")
     b.add_argument("--curve-synthetic-ipc", type=int, default=10)
     b.add_argument("--curve-synthetic-max-budget", type=float, default=0.1, help="largest budget of the synthetic-only curve")
