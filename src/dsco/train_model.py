@@ -116,9 +116,9 @@ def train_model(config: TrainModelConfig, progress: bool = True) -> Path:
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            elapsed = None if before is None else round(before + time.time() - t0, 1)
+            elapsed = None if before is None else round(before + time.time() - t0, 3)
             _save_checkpoint(out, step + 1, unet, ema, opt, config, losses, elapsed)
-    total = None if before is None else round(before + time.time() - t0, 1)
+    total = None if before is None else round(before + time.time() - t0, 3)
     extra = {"train": recorded(config), "steps_done": max(start, config.steps), "train_seconds": total,
              "final_loss": sum(losses[-200:]) / max(1, len(losses[-200:]))}
     save_pixel_model(ema.module, mc, out / "final", extra)
