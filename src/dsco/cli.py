@@ -110,9 +110,9 @@ def _evaluate(a: argparse.Namespace) -> None:
         raise DscoError("give an output set directory, or --full for the whole train split")
     else:
         train = load_output_set(a.set)
-    from .concentrate import distributed
+    from .parallel import join
 
-    rank, _ = distributed()  # under torchrun: DDP training, rank 0 reports
+    rank, _ = join()  # under torchrun: DDP training, rank 0 reports
     teacher = load_teacher(a.teacher, train_full) if a.labels == "teacher" and a.teacher else None
     result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0)
     result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})

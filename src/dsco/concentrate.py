@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-from datetime import timedelta
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -14,7 +12,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
@@ -31,6 +28,7 @@ from .models.diffusion import DiffusionBackend, device_of, plain_sample
 from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig, nopt_class
 from .outputset import FORMAT, read_images, read_manifest, write_class_images
+from .parallel import barrier, join
 
 METHODS = ("dsco", "dsco-datafree", "random", "herding", "kcenter", "diffusion", "dm")
 DIFFUSION_METHODS = ("dsco", "dsco-datafree", "diffusion")
@@ -188,21 +186,6 @@ def _datafree_class_names(cfg: ConcentrateConfig, backend: DiffusionBackend) -> 
     return [str(i) for i in range(backend.num_classes)]
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group (nccl on GPU, gloo on CPU) on first call."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=timedelta(hours=4))
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def _selection_features(images: torch.Tensor, space: str, seed: int) -> torch.Tensor:
     if space == "pixels":
         return images.flatten(1)
@@ -224,10 +207,10 @@ class _Run:
         if resume and saved.is_file():
             if json.loads(saved.read_text())["config"] != json.loads(json.dumps(record["config"])):
                 raise DscoError(f"--resume: the run in {self.work} used a different configuration")
-        _barrier()  # every rank has checked before rank 0 creates the work directory
+        barrier()  # every rank has checked before rank 0 creates the work directory
         if rank == 0 and not saved.is_file():
             atomic_write_json(saved, record)
-        _barrier()
+        barrier()
 
     def class_record(self, name: str) -> Path:
         return self.work / "classes" / f"{safe_name(name)}.json"
@@ -341,7 +324,7 @@ def concentrate(
         if resume and (out / "manifest.json").is_file():
             return out
         raise DscoError(f"output directory {out} already exists: choose another --out or delete it")
-    rank, world = distributed()
+    rank, world = join()
     progress = progress and rank == 0
     if cfg.synthetic_set:
         if not cfg.doping.enabled:
@@ -349,9 +332,8 @@ def concentrate(
         if read_manifest(cfg.synthetic_set)["dataset"] != cfg.dataset:
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
     if cfg.method in DIFFUSION_METHODS and backend is None and not cfg.synthetic_set:
-        device = cfg.device or (f"cuda:{torch.cuda.current_device()}" if world > 1 and torch.cuda.is_available() else None)
         backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
-                               guidance_channels=cfg.guidance_channels, device=device)
+                               guidance_channels=cfg.guidance_channels, device=cfg.device)
     needs_real = cfg.method != "dsco-datafree" or cfg.doping.enabled
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some
@@ -382,14 +364,14 @@ def concentrate(
             stats["seconds"] = round(time.perf_counter() - t0, 3)
             rec = {"entries": write_class_images(run.work, name, label, images, sources), "stats": stats}
             atomic_write_json(run.class_record(name), rec)
-    _barrier()  # every rank's classes are on disk
+    barrier()  # every rank's classes are on disk
     if rank != 0:
-        _barrier()  # rank 0 merges
+        barrier()  # rank 0 merges
         return out
     try:
         return _finish(run, class_names)
     finally:
-        _barrier()
+        barrier()
 
 
 def _finish(run: _Run, class_names: list[str]) -> Path:

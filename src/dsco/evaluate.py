@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from safetensors.torch import load_file, save_file
@@ -26,6 +25,7 @@ from .data import ImageSet
 from .errors import DscoError
 from .fsio import atomic_write_json, staging_dir
 from .models.classifiers import create_classifier
+from .parallel import local_device, rank_world
 
 LABELS = ("hard", "teacher")
 
@@ -84,13 +84,6 @@ def protocol_named(name: str) -> EvalProtocol:
     return PROTOCOLS[name]
 
 
-def train_device() -> torch.device:
-    """This rank's GPU under torchrun, the GPU, or the CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
 def _fit_size(x: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     """Center-crop (larger images) or resize (smaller) to size x size: the standard test-time view."""
     if size is None or x.shape[-1] == size:
@@ -127,8 +120,8 @@ def train_classifier(
         raise DscoError("cannot train a classifier on an empty set")
     if protocol.augment not in ("shift", "crop-flip"):
         raise DscoError(f"unknown augmentation {protocol.augment!r}: valid names are shift, crop-flip")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    dev = train_device()
+    rank, world = rank_world()
+    dev = local_device()
     c, s = train.images.shape[1], protocol.image_size or train.images.shape[-1]
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)

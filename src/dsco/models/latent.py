@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ..errors import DscoError
 from ..fsio import staging_dir
+from ..parallel import local_device
 from .diffusion import RespacedSchedule, guided
 
 VAE_SCALE = 0.18215  # SD-VAE latent scale used by DiT
@@ -200,10 +201,6 @@ def save_dit(transformer: DiTTransformer2DModel, vae: AutoencoderKL, out: str | 
 
 # ---- the backend --------------------------------------------------------------------------
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class LatentBackend:
     """DiT + VAE as a `DiffusionBackend`: model space = VAE latents x 0.18215."""
 
@@ -223,7 +220,7 @@ class LatentBackend:
         vae_batch: int = 16,
     ):
         cfg = transformer.config
-        self.device = torch.device(device) if device else default_device()
+        self.device = torch.device(device) if device else local_device()
         # eval() matters: in training mode DiT drops class labels at random (its CFG training)
         self.transformer = transformer.to(self.device).eval().requires_grad_(False)
         self.vae = vae.to(self.device).eval().requires_grad_(False)
