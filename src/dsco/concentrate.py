@@ -198,6 +198,7 @@ class _Run:
     def __init__(self, cfg: ConcentrateConfig, train, backend: Optional[DiffusionBackend], resume: bool, progress: bool, rank: int = 0):
         self.cfg, self.train, self.backend, self.progress = cfg, train, backend, progress
         self.labels: list[int] = []  # the model's label per dataset class
+        self.synthetic: Optional[dict[str, Any]] = None  # the --synthetic-set manifest, read once
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
         saved = self.work / "run.json"
@@ -225,9 +226,8 @@ def _synthesise_class(run: _Run, label: int, name: str, phi_shared: Optional[Ran
     cfg, backend, n = run.cfg, run.backend, run.cfg.ipc
     g = torch.Generator().manual_seed(_class_seed(cfg.seed, label))
     stats: dict[str, Any] = {}
-    if cfg.synthetic_set:
-        m = read_manifest(cfg.synthetic_set)
-        mine = [e for e in m["images"] if e["label"] == label and e["source"] == "synthetic"]
+    if run.synthetic is not None:
+        mine = [e for e in run.synthetic["images"] if e["label"] == label and e["source"] == "synthetic"]
         if len(mine) != n:
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} has {len(mine)} synthetic images of class {name!r}, not IPC {n}")
         stats["synthetic_set"] = cfg.synthetic_set
@@ -326,12 +326,14 @@ def concentrate(
         raise DscoError(f"output directory {out} already exists: choose another --out or delete it")
     rank, world = join()
     progress = progress and rank == 0
+    synthetic = None
     if cfg.synthetic_set:
         if not cfg.doping.enabled:
             raise DscoError("--synthetic-set only supplies the synthetic part of a doped set: add --doping-ipc or --budget")
-        if read_manifest(cfg.synthetic_set)["dataset"] != cfg.dataset:
+        synthetic = read_manifest(cfg.synthetic_set)
+        if synthetic["dataset"] != cfg.dataset:
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
-    if cfg.method in DIFFUSION_METHODS and backend is None and not cfg.synthetic_set:
+    if cfg.method in DIFFUSION_METHODS and backend is None and synthetic is None:
         backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
                                guidance_channels=cfg.guidance_channels, device=cfg.device)
     needs_real = cfg.method != "dsco-datafree" or cfg.doping.enabled
@@ -350,8 +352,9 @@ def concentrate(
     run = _Run(cfg, train, backend, resume, progress, rank)
     if backend is not None:
         run.labels = model_labels(class_names, backend, cfg.class_map)
-    if cfg.synthetic_set and read_manifest(cfg.synthetic_set)["class_names"] != class_names:
+    if synthetic is not None and synthetic["class_names"] != class_names:
         raise DscoError(f"--synthetic-set {cfg.synthetic_set} has other classes than the dataset")
+    run.synthetic = synthetic
     phi_shared = None
     if cfg.method == "dsco-datafree":
         phi_shared = RandomFeatureNet(backend.sample_shape[0], cfg.nopt.feature_width, seed=cfg.seed).to(device_of(backend))
