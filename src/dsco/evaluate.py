@@ -251,16 +251,16 @@ class ImageNetTeacher(torch.nn.Module):
         return self.net(((x + 1) / 2 - self.mean) / self.std)[:, self.labels]
 
 
-def imagenet_teacher(path: str | Path, class_names: list[str], class_map: Optional[dict[str, int]] = None) -> ImageNetTeacher:
+def imagenet_teacher(path: str | Path, class_names: list[str]) -> ImageNetTeacher:
     """torchvision ResNet-18 with ImageNet weights from a file (.pth state dict or .safetensors), sliced to the classes."""
     from torchvision.models import resnet18
 
     from .data.imagenet import is_wnid, wnid_to_label
 
     path = Path(path)
-    if class_map is None and not all(is_wnid(c) for c in class_names):
+    if not all(is_wnid(c) for c in class_names):
         raise DscoError(f"an ImageNet teacher needs wnid class folders (e.g. n01440764), got {class_names[0]!r}")
-    labels = [class_map[c] if class_map else wnid_to_label(c) for c in class_names]
+    labels = [wnid_to_label(c) for c in class_names]
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file raises many kinds
