@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -95,6 +96,10 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     assert "full train split" in (out / "results.md").read_text()
     for png in ("accuracy_vs_ipc.png", "cost_vs_ipc.png", "lossless_curve.png", "samples_ipc1.png"):
         assert (out / png).stat().st_size > 1000
+    cfg.cross_protocol, cfg.cross_ipc, cfg.cross_methods = replace(QUICK, arch="convnet6"), 2, ["random", "diffusion"]
+    r = json.loads((bench(cfg) / "results.json").read_text())  # the sets are reused, evaluated with a second protocol
+    assert [(c["method"], c["arch"]) for c in r["cross_arch"]["rows"]] == [("random", "convnet6"), ("diffusion", "convnet6")]
+    assert "Cross-architecture check, IPC 2" in (out / "results.md").read_text()
     cfg.ipcs, cfg.cached_only = [1, 2, 3], True  # IPC 3 was never computed: left out, nothing computed
     r = json.loads((bench(cfg) / "results.json").read_text())
     assert {c["ipc"] for c in r["cells"]} == {1, 2} and not (out / "sets" / "random-ipc3").exists()

@@ -48,6 +48,10 @@ class BenchConfig:
     teacher: Optional[str] = None  # teacher directory for doping and teacher labels; default OUT/teacher
     command: str = ""
     cached_only: bool = False  # assemble the table from cells already computed (by other bench processes); skip the rest
+    # cross-architecture check: the sets of these methods at this IPC evaluated again with a second protocol
+    cross_protocol: Optional[EvalProtocol] = None
+    cross_ipc: int = 10
+    cross_methods: list[str] = field(default_factory=lambda: ["dsco", "random", "diffusion"])
 
 
 def machine() -> str:
@@ -82,7 +86,7 @@ class _Bench:
         self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset)
         self.teacher_dir = cfg.teacher or str(self.out / "teacher")
 
-    def cached(self, key: str, compute, made_with: dict) -> Optional[dict]:
+    def cached(self, key: str, compute, made_with: dict, protocol: Optional[EvalProtocol] = None) -> Optional[dict]:
         """A cell's result from OUT/cells, computed once; refused if made with another configuration.
 
         With `cached_only`, a cell not computed yet is None (left out of the table).
@@ -90,7 +94,8 @@ class _Bench:
         path = self.out / "cells" / f"{key}.json"
         if self.cfg.cached_only and not path.is_file():
             return None
-        made_with = json.loads(json.dumps({**made_with, "protocol": asdict(self.cfg.protocol), "runs": self.cfg.runs}))
+        protocol = protocol or self.cfg.protocol
+        made_with = json.loads(json.dumps({**made_with, "protocol": asdict(protocol), "runs": self.cfg.runs}))
         if path.is_file():
             result = json.loads(path.read_text())
             stored = dict(result.get("made_with") or {})
@@ -113,12 +118,13 @@ class _Bench:
     def make_set(self, cc: ConcentrateConfig) -> Path:
         return concentrate(cc, resume=True, train=self.train)
 
-    def evaluate(self, path: Path, labels: str = "hard") -> dict:
+    def evaluate(self, path: Path, labels: str = "hard", protocol: Optional[EvalProtocol] = None) -> dict:
         teacher = None
         if labels == "teacher":
             tc = TeacherConfig(self.cfg.dataset, self.cfg.seed, self.cfg.protocol)
             teacher = ensure_teacher(self.teacher_dir, self.train, lambda: self.test, tc, progress=False)
-        return evaluate_set(load_output_set(path), self.test, self.cfg.protocol, self.cfg.runs, labels, teacher, progress=False)
+        return evaluate_set(load_output_set(path), self.test, protocol or self.cfg.protocol, self.cfg.runs, labels, teacher,
+                            progress=False)
 
     def cell(self, method: str, ipc: int) -> Optional[dict]:
         key = f"{method}-ipc{ipc}"
@@ -132,6 +138,19 @@ class _Bench:
                     "synthesis_seconds": read_manifest(path)["synthesis_seconds"]}
 
         return self.cached(key, compute, determining(cc))
+
+    def cross_cell(self, method: str, ipc: int) -> Optional[dict]:
+        """The set of cell (method, ipc), evaluated with the cross-architecture protocol (hard labels)."""
+        p = self.cfg.cross_protocol
+        assert p is not None
+        key = f"{method}-ipc{ipc}"
+        cc = self.set_config(key, method, ipc)
+
+        def compute() -> dict:
+            r = self.evaluate(self.make_set(cc), protocol=p)
+            return {"method": method, "ipc": ipc, "arch": p.arch, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
+
+        return self.cached(f"cross-{p.arch}-{key}", compute, determining(cc), protocol=p)
 
     def curve_row(self, method: str, budget: float, labels: str) -> Optional[dict]:
         n_total = round(budget * len(self.train))
@@ -178,11 +197,16 @@ def bench(cfg: BenchConfig) -> Path:
                 rows = [r for bud in cfg.budgets if (r := b.curve_row(m, bud, labels)) is not None]
                 curve += rows
                 lossless[m if labels == "hard" else f"{m}/teacher"] = lossless_point(rows, full)
+    cross = []
+    if cfg.cross_protocol is not None:
+        cross = [c for m in cfg.cross_methods if (c := b.cross_cell(m, cfg.cross_ipc)) is not None]
     results = {
         "dataset": cfg.dataset, "arch": cfg.protocol.arch, "runs": cfg.runs, "machine": machine(),
         "command": cfg.command, "seconds": round(time.time() - t0, 1), "protocol": asdict(cfg.protocol),
         "full": {"mean": full["mean"], "std": full["std"]}, "cells": cells, "curve": curve, "lossless_point": lossless,
     }
+    if cfg.cross_protocol is not None:
+        results["cross_arch"] = {"protocol": asdict(cfg.cross_protocol), "ipc": cfg.cross_ipc, "rows": cross}
     validate_results(results)
     out = Path(cfg.out)
     atomic_write_json(out / "results.json", results)
@@ -227,5 +251,29 @@ def render_table(r: dict[str, Any]) -> str:
             lines.append(f"| {m} | {lab} | " + " | ".join(vals) + " |")
         lines += ["", "Lossless point (smallest budget within one std of full data): " +
                   ", ".join(f"{k}: {'none' if v is None else f'{v:.0%}'}" for k, v in r["lossless_point"].items())]
+    if r.get("cross_arch") and r["cross_arch"]["rows"]:
+        lines += render_cross(r)
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def ranking(scores: dict[str, float]) -> list[str]:
+    """Methods from best to worst mean accuracy."""
+    return sorted(scores, key=lambda m: -scores[m])
+
+
+def render_cross(r: dict[str, Any]) -> list[str]:
+    """The cross-architecture rows beside the main protocol's, and whether the ranking holds."""
+    x = r["cross_arch"]
+    ipc, arch = x["ipc"], x["protocol"]["arch"]
+    main = {c["method"]: c["mean"] for c in r["cells"] if c["ipc"] == ipc}
+    rows = [c for c in x["rows"] if c["method"] in main]
+    lines = ["", f"Cross-architecture check, IPC {ipc}: {r['arch']} vs {arch} (batch {x['protocol']['batch_size']}), "
+             "hard labels", "", f"| method | {r['arch']} | {arch} |", "|---|---|---|"]
+    for c in rows:
+        lines.append(f"| {c['method']} | {main[c['method']] * 100:.2f} | {c['mean'] * 100:.2f} ± {c['std'] * 100:.2f} |")
+    a = ranking({c["method"]: main[c["method"]] for c in rows})
+    b = ranking({c["method"]: c["mean"] for c in rows})
+    lines += ["", f"Ranking with {r['arch']}: {' > '.join(a)}; with {arch}: {' > '.join(b)} "
+              f"({'the same' if a == b else 'different'})."]
+    return lines

@@ -18,8 +18,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", default="cpu-small", help="cpu-small (ours, small images on CPU) or imagenet-subset "
-                   "(the paper's ImageNette/ImageWoof protocol: ResNetAP-10 at 224 px, epochs by IPC)")
+    p.add_argument("--protocol", default="cpu-small", help="cpu-small (ours, small images on CPU), cpu-resnet18 "
+                   "(ours, ResNet-18 at batch 32), imagenet-subset (the paper's ImageNette/ImageWoof protocol: "
+                   "ResNetAP-10 at 224 px, epochs by IPC) or imagenet1k")
     p.add_argument("--arch", default=None, help="override the protocol's architecture: convnet3, convnet6, resnet18, resnetap10")
     p.add_argument("--width", type=int, default=None, help="override the ConvNet channels (cpu-small: 32; the field: 128)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the classifier's training steps")
@@ -141,6 +142,7 @@ def _verify(a: argparse.Namespace) -> None:
 
 def _bench(a: argparse.Namespace) -> None:
     from .bench import BenchConfig, bench
+    from .evaluate import protocol_named
 
     cfg = BenchConfig(
         dataset=a.dataset, out=a.out, ipcs=[int(x) for x in a.ipc.split(",")], methods=a.methods.split(","),
@@ -148,7 +150,8 @@ def _bench(a: argparse.Namespace) -> None:
         curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
         teacher=a.teacher, curve_labels=a.curve_labels.split(","),
         curve_synthetic_max_budget=a.curve_synthetic_max_budget, command=" ".join(["dsco", *sys.argv[1:]]),
-        cached_only=a.cached_only,
+        cached_only=a.cached_only, cross_protocol=protocol_named(a.cross_protocol) if a.cross_protocol else None,
+        cross_ipc=a.cross_ipc, cross_methods=a.cross_methods.split(","),
     )
     print(bench(cfg))
 
@@ -260,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--curve-synthetic-max-budget", type=float, default=0.1, help="largest budget of the synthetic-only curve")
     b.add_argument("--curve-labels", default="hard,teacher")
     b.add_argument("--teacher", default=None, help="teacher directory (default OUT/teacher, trained if missing)")
+    b.add_argument("--cross-protocol", default=None, help="also evaluate the sets of --cross-methods at --cross-ipc "
+                   "with this protocol (e.g. cpu-resnet18): the cross-architecture check")
+    b.add_argument("--cross-ipc", type=int, default=10)
+    b.add_argument("--cross-methods", default="dsco,random,diffusion")
     b.set_defaults(func=_bench)
 
     v = sub.add_parser("verify", help="check an output set against its manifest")
