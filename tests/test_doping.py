@@ -46,3 +46,24 @@ def test_herding_and_kcenter_pick_the_obvious_points():
     assert SELECTORS["herding"](feats, 1).tolist() == [3]  # nearest the mean
     assert SELECTORS["herding"](feats, 3).tolist() == [3, 0, 4]  # running means 0.1, 0.05, 1.7
     assert SELECTORS["kcenter"](feats, 3).tolist() == [3, 2, 1]  # then the two extremes
+
+
+def test_doping_scores_a_lazy_split_one_class_at_a_time_without_loading_it_whole(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from dsco.data.lazy import LazyImageSet, scan_folder
+    from dsco.evaluate import predict_by_class
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i + (100 if c == "b" else 0), np.uint8)).save(tmp_path / c / f"{i}.png")
+    lazy = scan_folder(tmp_path, ["a", "b"], "t", 8)
+    eager = lazy.subset(torch.arange(len(lazy)))
+    monkeypatch.setattr(LazyImageSet, "images", property(lambda self: pytest.fail("the whole split was loaded")))
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 2)) for _ in range(2)]
+    got = predict_by_class(nets, lazy)
+    want = [torch.softmax(n(eager.images * 2 - 1), 1) for n in nets]
+    assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))

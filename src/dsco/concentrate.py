@@ -21,7 +21,7 @@ from .data.imagenet import imagenet_index, is_wnid, subset_wnids, wnid_to_label
 from .datafree import DataFreeConfig, datafree_class
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
-from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_proba, train_classifier
+from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .features import RandomFeatureNet
 from .fsio import atomic_write_bytes, atomic_write_json, safe_name
 from .models.diffusion import DiffusionBackend, device_of, plain_sample
@@ -286,10 +286,10 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
         TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress,
     )
     size = cfg.doping_protocol.image_size
-    teacher_labels = predict_proba(teacher, train.images, image_size=size).argmax(1)
     if cfg.doping.selector == "clarity":
         doping_model = train_classifier(synthetic, cfg.doping_protocol, cfg.seed, teacher, run.progress)
-        scores = clarity(predict_proba(doping_model, train.images, image_size=size), teacher_labels)
+        teacher_probs, doping_probs = predict_by_class([teacher, doping_model], train, size)
+        scores = clarity(doping_probs, teacher_probs.argmax(1))
     else:
         scores = torch.rand(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     chosen = select(scores, train.labels, count, len(class_names), cfg.doping.classwise)
@@ -297,7 +297,8 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     for label, name in enumerate(class_names):
         mine = chosen[train.labels[chosen] == label]
         syn = [e for e in entries_by_class[label] if e["source"] == "synthetic"]
-        images = torch.cat([read_images(run.work, syn), train.images[mine]]) if syn else train.images[mine]
+        real = train.subset(mine).images  # only the chosen files are read on a lazy (ImageNet) split
+        images = torch.cat([read_images(run.work, syn), real]) if syn else real
         sources = [{"source": "synthetic"} for _ in syn] + [
             {"source": "real", "index": int(i), "clarity": float(scores[i])} for i in mine
         ]

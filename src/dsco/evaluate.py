@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from .data import ImageSet
+from .data.imageset import Labelled
 from .errors import DscoError
 from .fsio import atomic_write_json, staging_dir
 from .models.classifiers import create_classifier
@@ -175,6 +176,21 @@ def predict_proba(net: torch.nn.Module, images: torch.Tensor, batch: int = 250, 
     dev = next(net.parameters()).device
     out = [F.softmax(net(_fit_size(images[i : i + batch].to(dev) * 2 - 1, image_size)), 1).cpu() for i in range(0, len(images), batch)]
     return torch.cat(out)
+
+
+def predict_by_class(nets: list[torch.nn.Module], data: Labelled, image_size: Optional[int] = None) -> list[torch.Tensor]:
+    """Softmax outputs of each net on every image of `data`, reading one class at a time (a lazy split never loads whole)."""
+    out = [torch.empty(len(data), data.num_classes) for _ in nets]
+    for label in range(data.num_classes):
+        idx = data.indices_of(label)
+        if len(idx):
+            images = data.class_images(label)
+            if len(images) != len(idx):
+                raise DscoError(f"class {data.class_names[label]!r}: {len(idx) - len(images)} of {len(idx)} images "
+                                "could not be read; scoring every train image needs them all (remove the bad files)")
+            for probs, net in zip(out, nets):
+                probs[idx] = predict_proba(net, images, image_size=image_size)
+    return out
 
 
 def accuracy(net: torch.nn.Module, test: ImageSet, image_size: Optional[int] = None) -> float:

@@ -34,7 +34,7 @@ class LazyImageSet(Labelled):
         return (3, self.image_size, self.image_size)
 
     def read(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode the images at `indices` (N, 3, S, S) in [0, 1]; a bad file fails or is replaced by the next good one."""
+        """Decode the images at `indices` (N, 3, S, S) in [0, 1]; a bad file fails, or is skipped (fewer images)."""
         out = []
         for i in indices.tolist():
             try:
