@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import functools
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from .errors import DscoError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]")
 
 
+@functools.lru_cache(maxsize=1)
 def _umask() -> int:
+    """The process umask, read once: reading it means setting it, which races with other threads' file creation."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
