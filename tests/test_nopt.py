@@ -38,10 +38,11 @@ def test_quantile_loss_is_zero_on_the_pivots_and_its_gradient_reaches_the_noise(
     assert eps.grad is not None and eps.grad.abs().sum() > 0
 
 
-def test_iterations_lower_the_loss_on_a_toy_problem():
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_iterations_lower_the_loss_on_a_toy_problem(optimizer):
     target = torch.randn(50, 2) + 3
     piv = pivots(target, 5)
-    cfg = NOptConfig(iterations=60, lr=0.05)
+    cfg = NOptConfig(iterations=60, lr=0.05, optimizer=optimizer)
     eps0 = torch.zeros(5, 2)
     loss_fn = lambda x, eps: quantile_loss(x, piv, 1.0)
     _, rec = optimise_noise(loss_fn, torch.zeros(5, 2), torch.tensor(1.0), eps0, cfg, 0, "toy")
@@ -53,6 +54,11 @@ def test_norm_term_pulls_the_noise_to_the_gaussian_shell():
     eps0 = torch.full((3, 64), 3.0)
     eps, _ = optimise_noise(lambda x, e: norm_loss(e), eps0, torch.tensor(0.0), eps0, cfg, 0, "toy")
     assert torch.allclose(eps.norm(dim=1), torch.full((3,), math.sqrt(64)), atol=0.2)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(DscoError, match="unknown NOpt optimizer 'lbfgs'"):
+        NOptConfig(optimizer="lbfgs").validate()
 
 
 def test_mmd_is_zero_for_identical_sets_and_positive_for_shifted_ones():

@@ -64,7 +64,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     from .evaluate import protocol_named
 
     nopt = nopt_preset(a.schedule)
-    overrides = {k: getattr(a, k) for k in ("loss", "iterations", "lr", "momentum", "k_noises", "target_offset",
+    overrides = {k: getattr(a, k) for k in ("loss", "optimizer", "iterations", "lr", "momentum", "k_noises", "target_offset",
                                              "feature_width", "max_targets", "early_stop", "steps_fraction")
                  if getattr(a, k, None) is not None}
     doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
         c.add_argument("--iterations", type=int, default=None, help="NOpt iterations J per step")
         c.add_argument("--lr", type=float, default=None)
+        c.add_argument("--optimizer", default=None, help="NOpt optimizer: sgd (reference) or adam (beta1 = --momentum)")
         c.add_argument("--momentum", type=float, default=None)
         c.add_argument("--k-noises", type=int, default=None, help="K noises per real target")
         c.add_argument("--target-offset", type=int, default=None, choices=[0, 1])

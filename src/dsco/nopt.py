@@ -19,6 +19,7 @@ from .mmd import mmd2
 from .models.diffusion import DiffusionBackend, device_of
 
 LOSSES = ("quantile", "mmd")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class NOptConfig:
 
     loss: str = "quantile"  # "quantile" (reference) or "mmd" (ours: the paper's RKHS view)
     iterations: int = 200  # J, SGD iterations per denoising step
+    optimizer: str = "sgd"  # "sgd" with momentum (reference) or "adam" (ours: momentum = beta1)
     lr: float = 0.1
     momentum: float = 0.9
     k_noises: int = 5  # K stratified noises per real target
@@ -44,6 +46,8 @@ class NOptConfig:
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise DscoError(f"unknown NOpt loss {self.loss!r}: valid names are {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise DscoError(f"unknown NOpt optimizer {self.optimizer!r}: valid names are {', '.join(OPTIMIZERS)}")
         if self.iterations < 0 or self.k_noises < 1 or self.lr <= 0:
             raise DscoError("NOpt needs iterations >= 0, k_noises >= 1 and lr > 0")
         if not 0 < self.steps_fraction <= 1:
@@ -107,6 +111,14 @@ def feature_std(f: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
     return s.clamp_min(max(floor * s.median().item(), 1e-8))
 
 
+def make_optimizer(eps: torch.Tensor, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """SGD with momentum (reference), or Adam with beta1 = momentum: per-pixel step sizes, so a few
+    iterations go as far as many SGD ones (ours; the --schedule fast preset)."""
+    if name == "adam":
+        return torch.optim.Adam([eps], lr=lr, betas=(momentum, 0.99))
+    return torch.optim.SGD([eps], lr=lr, momentum=momentum)
+
+
 # ---- one step ------------------------------------------------------------------------------
 
 @dataclass
@@ -128,7 +140,7 @@ def optimise_noise(
     lr = cfg.lr
     for retry in range(cfg.max_retries + 1):
         eps = eps0.clone().requires_grad_(True)
-        opt = torch.optim.SGD([eps], lr=lr, momentum=cfg.momentum)
+        opt = make_optimizer(eps, cfg.optimizer, lr, cfg.momentum)
         first = last = float("nan")
         best, stale, it, finite = math.inf, 0, 0, True
         for it in range(1, cfg.iterations + 1):
