@@ -151,5 +151,10 @@ def test_imagenet_teacher_is_resnet18_sliced_to_the_subset(tmp_path):
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(teacher(x), full(((x + 1) / 2 - mean) / std)[:, [0, 217]], atol=1e-5)
-    with pytest.raises(DscoError, match="wnid"):
-        load_teacher(tmp_path / "resnet18.pth", ImageSet(torch.rand(1, 3, 8, 8), torch.tensor([0]), ["cat"]))
+    cats = ImageSet(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), ["cat", "dog"])
+    with pytest.raises(DscoError, match="not ImageNet wnids: pass --class-map"):
+        load_teacher(tmp_path / "resnet18.pth", cats)
+    (tmp_path / "map.json").write_text(json.dumps({"cat": 281, "dog": 207}))
+    mapped = load_teacher(tmp_path / "resnet18.pth", cats, str(tmp_path / "map.json"))
+    with torch.no_grad():
+        assert torch.allclose(mapped(x), full(((x + 1) / 2 - mean) / std)[:, [281, 207]], atol=1e-5)

@@ -114,7 +114,7 @@ def _evaluate(a: argparse.Namespace) -> None:
     from .parallel import join
 
     rank, _ = join()  # under torchrun: DDP training, rank 0 reports
-    teacher = load_teacher(a.teacher, train_full) if a.labels == "teacher" and a.teacher else None
+    teacher = load_teacher(a.teacher, train_full, a.class_map) if a.labels == "teacher" and a.teacher else None
     result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0)
     result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})
     if rank == 0:
@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_args(e)
     e.add_argument("--runs", type=int, default=3)
     e.add_argument("--labels", default="hard", help="hard (cross-entropy) or teacher (KL, T=20)")
-    e.add_argument("--teacher", default=None)
+    e.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher) or ImageNet ResNet-18 weights file")
+    e.add_argument("--class-map", default=None, help="JSON {class folder: ImageNet label} for an ImageNet teacher "
+                   "when folders are not wnids")
     e.add_argument("--full", action="store_true", help="train on the whole train split (the ceiling)")
     e.add_argument("--json", default=None, help="write the result here")
     e.set_defaults(func=_evaluate)

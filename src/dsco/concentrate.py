@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .baselines import SELECTORS, DMConfig, distribution_matching
 from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
-from .data.imagenet import imagenet_index, is_wnid, subset_wnids, wnid_to_label
+from .data.imagenet import class_labels, imagenet_index, subset_wnids
 from .datafree import DataFreeConfig, datafree_class
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
@@ -144,29 +144,8 @@ def image_shape_of(backend: DiffusionBackend) -> tuple[int, ...]:
 
 
 def model_labels(class_names: list[str], backend: DiffusionBackend, class_map: Optional[str]) -> list[int]:
-    """The model's label for each dataset class: --class-map, else ImageNet wnids, else the same index."""
-    k = backend.num_classes
-    if class_map:
-        try:
-            mapping = json.loads(Path(class_map).read_text())
-        except (OSError, ValueError) as e:
-            raise DscoError(f"cannot read --class-map {class_map}: {e}") from e
-        missing = [c for c in class_names if c not in mapping]
-        if missing:
-            raise DscoError(f"--class-map {class_map} has no label for class {missing[0]!r} ({len(missing)} missing)")
-        labels = [mapping[c] for c in class_names]
-        bad = [v for v in labels if not isinstance(v, int) or not 0 <= v < k]
-        if bad:
-            raise DscoError(f"--class-map {class_map}: label {bad[0]!r} is not an integer in 0..{k - 1}")
-        return labels
-    if k == 1000 and all(is_wnid(c) for c in class_names):
-        return [wnid_to_label(c) for c in class_names]
-    if k == len(class_names):
-        return list(range(k))
-    raise DscoError(
-        f"the diffusion model has {k} classes but the dataset has {len(class_names)}, whose folder names (e.g. "
-        f"{class_names[0]!r}) are not ImageNet wnids: pass --class-map FILE.json (folder name -> model label)"
-    )
+    """The diffusion model's label for each dataset class: --class-map, else ImageNet wnids, else the same index."""
+    return class_labels(class_names, backend.num_classes, class_map)
 
 
 def _check_backend(backend: DiffusionBackend, shape: tuple[int, ...]) -> None:
@@ -283,7 +262,7 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     teacher = ensure_teacher(
         teacher_dir, train,
         lambda: load_dataset(cfg.dataset, "test", data_root=cfg.data_root, test_path=cfg.test_dataset, on_bad_image=cfg.on_bad_image),
-        TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress,
+        TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress, cfg.class_map,
     )
     size = cfg.doping_protocol.image_size
     if cfg.doping.selector == "clarity":

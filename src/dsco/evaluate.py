@@ -270,16 +270,15 @@ class ImageNetTeacher(torch.nn.Module):
         return self.net(((x + 1) / 2 - self.mean) / self.std)[:, self.labels]
 
 
-def imagenet_teacher(path: str | Path, class_names: list[str]) -> ImageNetTeacher:
-    """torchvision ResNet-18 with ImageNet weights from a file (.pth state dict or .safetensors), sliced to the classes."""
+def imagenet_teacher(path: str | Path, class_names: list[str], class_map: Optional[str] = None) -> ImageNetTeacher:
+    """torchvision ResNet-18 with ImageNet weights from a file (.pth state dict or .safetensors), sliced to the
+    classes: wnid folders map to their ImageNet labels, other names through `class_map` (as for the DiT)."""
     from torchvision.models import resnet18
 
-    from .data.imagenet import is_wnid, wnid_to_label
+    from .data.imagenet import class_labels
 
     path = Path(path)
-    if not all(is_wnid(c) for c in class_names):
-        raise DscoError(f"an ImageNet teacher needs wnid class folders (e.g. n01440764), got {class_names[0]!r}")
-    labels = [wnid_to_label(c) for c in class_names]
+    labels = class_labels(class_names, 1000, class_map)
     try:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file raises many kinds
@@ -292,13 +291,13 @@ def imagenet_teacher(path: str | Path, class_names: list[str]) -> ImageNetTeache
     return ImageNetTeacher(net, labels).eval().requires_grad_(False)
 
 
-def load_teacher(path: str | Path, expect: Optional[ImageSet] = None) -> torch.nn.Module:
+def load_teacher(path: str | Path, expect: Optional[ImageSet] = None, class_map: Optional[str] = None) -> torch.nn.Module:
     """Load a teacher directory (dsco train-teacher), or an ImageNet ResNet-18 weights file sliced to `expect`'s classes."""
     path = Path(path)
     if path.is_file():
         if expect is None:
             raise DscoError("an ImageNet teacher file needs the dataset whose classes it is sliced to")
-        return imagenet_teacher(path, list(expect.class_names))
+        return imagenet_teacher(path, list(expect.class_names), class_map)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise DscoError(f"teacher directory {path} must contain config.json and model.safetensors (dsco train-teacher)")
     meta = json.loads((path / "config.json").read_text())
@@ -325,11 +324,12 @@ def train_teacher(train: ImageSet, test: ImageSet, cfg: TeacherConfig, out: str 
 
 
 def ensure_teacher(
-    path: str | Path, train: ImageSet, test: Callable[[], ImageSet], cfg: TeacherConfig, progress: bool = True
+    path: str | Path, train: ImageSet, test: Callable[[], ImageSet], cfg: TeacherConfig, progress: bool = True,
+    class_map: Optional[str] = None,
 ) -> torch.nn.Module:
     """Load the cached teacher in `path` (or an ImageNet weights file), training it there first if it is missing."""
     if Path(path).is_file():
-        return load_teacher(path, train)
+        return load_teacher(path, train, class_map)
     if not (Path(path) / "config.json").is_file():
         train_teacher(train, test(), cfg, path, progress)
     return load_teacher(path, train)

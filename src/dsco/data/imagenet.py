@@ -5,8 +5,11 @@ order every ImageNet classifier and DiT uses); the subsets are the fast.ai defin
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
+from pathlib import Path
+from typing import Optional
 
 from ..errors import DscoError
 
@@ -57,3 +60,30 @@ def subset_wnids(name: str) -> tuple[str, ...]:
 
 def is_wnid(name: str) -> bool:
     return bool(WNID.match(name))
+
+
+def class_labels(class_names: list[str], num_classes: int, class_map: Optional[str] = None) -> list[int]:
+    """The label of each dataset class in a model with `num_classes` outputs: --class-map, else ImageNet
+    wnids (1000 classes), else the same index."""
+    k = num_classes
+    if class_map:
+        try:
+            mapping = json.loads(Path(class_map).read_text())
+        except (OSError, ValueError) as e:
+            raise DscoError(f"cannot read --class-map {class_map}: {e}") from e
+        missing = [c for c in class_names if c not in mapping]
+        if missing:
+            raise DscoError(f"--class-map {class_map} has no label for class {missing[0]!r} ({len(missing)} missing)")
+        labels = [mapping[c] for c in class_names]
+        bad = [v for v in labels if not isinstance(v, int) or not 0 <= v < k]
+        if bad:
+            raise DscoError(f"--class-map {class_map}: label {bad[0]!r} is not an integer in 0..{k - 1}")
+        return labels
+    if k == 1000 and all(is_wnid(c) for c in class_names):
+        return [wnid_to_label(c) for c in class_names]
+    if k == len(class_names):
+        return list(range(k))
+    raise DscoError(
+        f"the model has {k} classes but the dataset has {len(class_names)}, whose folder names (e.g. "
+        f"{class_names[0]!r}) are not ImageNet wnids: pass --class-map FILE.json (folder name -> model label)"
+    )
