@@ -9,6 +9,8 @@ final images with the clean real class in a held-out random feature space (2048 
 a seed no run optimises against): the reference's quantile loss and MMD^2.
 
     python benchmarks/nopt_cost.py --ipc 1,10,50 --out benchmarks/results/nopt_cost.json
+
+Variants: diffusion (plain sampling), and the NOpt presets fast, quick, reference.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str |
     backend = PixelBackend.load(model or default_model_dir("mnist5k"))
     train = load_dataset("mnist5k", "train")
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cfg = nopt_preset("reference" if variant.startswith("reference") else "fast")
+    cfg = nopt_preset("reference" if variant.startswith("reference") else "fast" if variant == "diffusion" else variant)
     extrapolated = variant == "reference"
     if extrapolated:
         cfg = replace(cfg, steps_fraction=reference_steps / len(backend.timesteps))
@@ -88,7 +90,7 @@ def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str |
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ipc", default="1,10,50")
-    p.add_argument("--variants", default="diffusion,fast,reference")
+    p.add_argument("--variants", default="diffusion,fast,quick,reference")
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--reference-steps", type=int, default=2)
     p.add_argument("--model", default=None)

@@ -234,3 +234,14 @@ def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, t
     assert _hashes(reused) == _hashes(scratch)
     with pytest.raises(DscoError, match="add --doping-ipc or --budget"):
         concentrate(config(tmp_path / "bad", synthetic_set=str(syn)), train=tiny_set, progress=False)
+
+
+@pytest.mark.parametrize("name", ["reference", "fast", "quick"])
+def test_every_nopt_preset_is_valid_and_quick_is_fast_with_adam(name):
+    from dataclasses import replace
+
+    from dsco.concentrate import nopt_preset
+
+    nopt_preset(name).validate()
+    if name == "quick":
+        assert nopt_preset("quick") == replace(nopt_preset("fast"), optimizer="adam", lr=0.05, iterations=10)
