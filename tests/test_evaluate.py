@@ -81,6 +81,9 @@ def test_lossless_point_is_the_smallest_budget_within_one_std():
     rows = [{"budget": b, "mean": m} for b, m in [(0.1, 0.8), (0.3, 0.895), (0.2, 0.87), (0.5, 0.91)]]
     assert lossless_point(rows, full) == 0.3
     assert lossless_point(rows[:1], full) is None
+    # 983/1000 on the edge of 985 ± 2 (each stored as float32) is within the band
+    edge = {"mean": 0.9849999944368998, "std": 0.0020000040531898593}
+    assert lossless_point([{"budget": 0.4, "mean": 0.9829999804496765}], edge) == 0.4
 
 
 def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, tiny_model_dir, tmp_path):

@@ -74,8 +74,12 @@ def validate_results(r: dict[str, Any]) -> None:
 
 
 def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
-    """Smallest budget whose mean accuracy is within one std of full-data accuracy."""
-    ok = [r["budget"] for r in rows if r["mean"] >= full["mean"] - full["std"]]
+    """Smallest budget whose mean accuracy is within one std of full-data accuracy.
+
+    Accuracies are counts over the test split stored as float32, so a mean exactly on the band's edge
+    can read 1e-8 below it: the comparison allows 1e-6.
+    """
+    ok = [r["budget"] for r in rows if r["mean"] >= full["mean"] - full["std"] - 1e-6]
     return min(ok) if ok else None
 
 
