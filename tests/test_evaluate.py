@@ -161,3 +161,23 @@ def test_imagenet_teacher_is_resnet18_sliced_to_the_subset(tmp_path):
     mapped = load_teacher(tmp_path / "resnet18.pth", cats, str(tmp_path / "map.json"))
     with torch.no_grad():
         assert torch.allclose(mapped(x), full(((x + 1) / 2 - mean) / std)[:, [281, 207]], atol=1e-5)
+
+
+def test_a_cached_cell_made_before_an_option_existed_still_matches():
+    from dataclasses import asdict
+
+    from dsco.bench import with_later_defaults
+    from dsco.nopt import NOptConfig
+
+    now = {"nopt": asdict(NOptConfig(iterations=30)), "protocol": asdict(QUICK)}
+    old = json.loads(json.dumps(now))
+    del old["nopt"]["optimizer"], old["protocol"]["augment"]
+    assert with_later_defaults(old) == json.loads(json.dumps(now))
+    old["nopt"]["iterations"] = 10  # a real difference still shows
+    assert with_later_defaults(old) != json.loads(json.dumps(now))
+
+
+def test_first_seed_continues_the_same_runs(tiny_set):
+    a = evaluate_set(tiny_set, tiny_set, QUICK, runs=3, progress=False)
+    b = evaluate_set(tiny_set, tiny_set, QUICK, runs=2, progress=False, first_seed=1)
+    assert b["seeds"] == [1, 2] and b["accs"] == a["accs"][1:]

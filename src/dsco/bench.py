@@ -19,6 +19,7 @@ from .doping import DopingConfig
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
 from .fsio import atomic_write_bytes, atomic_write_json
+from .nopt import NOptConfig
 from .outputset import load_output_set, read_manifest
 
 CURVE_METHODS = ("dsco-doping", "dsco", "random")
@@ -83,6 +84,17 @@ def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
     return min(ok) if ok else None
 
 
+def with_later_defaults(made_with: dict[str, Any]) -> dict[str, Any]:
+    """A cached cell's configuration with option fields added since it was made read as their defaults
+    (which is what the code did before they existed), so adding an option does not orphan the cache."""
+    defaults = {"protocol": EvalProtocol(), "doping_protocol": EvalProtocol(), "nopt": NOptConfig()}
+    out = dict(made_with)
+    for key, default in defaults.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {**json.loads(json.dumps(asdict(default))), **out[key]}
+    return out
+
+
 class _Bench:
     def __init__(self, cfg: BenchConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
@@ -102,9 +114,7 @@ class _Bench:
         made_with = json.loads(json.dumps({**made_with, "protocol": asdict(protocol), "runs": self.cfg.runs}))
         if path.is_file():
             result = json.loads(path.read_text())
-            stored = dict(result.get("made_with") or {})
-            if "protocol" in stored:  # fields added to the protocol later read as their defaults
-                stored["protocol"] = {**json.loads(json.dumps(asdict(EvalProtocol()))), **stored["protocol"]}
+            stored = with_later_defaults(dict(result.get("made_with") or {}))
             if any(stored.get(k, object()) != v for k, v in made_with.items()):
                 raise DscoError(f"cached bench cell {path} was made with another configuration: delete it and {self.out / 'sets' / key}")
             return result

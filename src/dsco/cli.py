@@ -115,7 +115,7 @@ def _evaluate(a: argparse.Namespace) -> None:
 
     rank, _ = join()  # under torchrun: DDP training, rank 0 reports
     teacher = load_teacher(a.teacher, train_full, a.class_map) if a.labels == "teacher" and a.teacher else None
-    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0)
+    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0, first_seed=a.first_seed)
     result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})
     if rank == 0:
         print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher) or ImageNet ResNet-18 weights file")
     e.add_argument("--class-map", default=None, help="JSON {class folder: ImageNet label} for an ImageNet teacher "
                    "when folders are not wnids")
+    e.add_argument("--first-seed", type=int, default=0, help="seeds first..first+runs-1 (more runs of a set "
+                   "evaluated before: --first-seed 3 --runs 3)")
     e.add_argument("--full", action="store_true", help="train on the whole train split (the ceiling)")
     e.add_argument("--json", default=None, help="write the result here")
     e.set_defaults(func=_evaluate)

@@ -213,8 +213,9 @@ def evaluate_set(
     labels: str = "hard",
     teacher: Optional[torch.nn.Module] = None,
     progress: bool = True,
+    first_seed: int = 0,
 ) -> dict[str, Any]:
-    """Mean and std of test accuracy over `runs` seeds (0..runs-1), with the protocol."""
+    """Mean and std of test accuracy over `runs` seeds (first_seed, first_seed + 1, ...), with the protocol."""
     if labels not in LABELS:
         raise DscoError(f"unknown labels {labels!r}: valid names are {', '.join(LABELS)}")
     if labels == "teacher" and teacher is None:
@@ -223,7 +224,8 @@ def evaluate_set(
         raise DscoError(f"--runs must be >= 1, got {runs}")
     check_compatible(train, test)
     accs, t0 = [], time.time()
-    for seed in tqdm(range(runs), desc="evaluate", disable=not progress):
+    seeds = list(range(first_seed, first_seed + runs))
+    for seed in tqdm(seeds, desc="evaluate", disable=not progress):
         net = train_classifier(train, protocol, seed, teacher if labels == "teacher" else None, progress)
         accs.append(accuracy(net, test, protocol.image_size))
     return {
@@ -231,6 +233,7 @@ def evaluate_set(
         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "accs": accs,
         "runs": runs,
+        "seeds": seeds,
         "labels": labels,
         "train_size": len(train),
         "steps": protocol.steps_for(len(train), train.num_classes),
