@@ -50,7 +50,7 @@ def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str |
     backend = PixelBackend.load(model or default_model_dir("mnist5k"))
     train = load_dataset("mnist5k", "train")
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cfg = nopt_preset("reference" if variant.startswith("reference") else "fast" if variant == "diffusion" else variant)
+    cfg = None if variant == "diffusion" else nopt_preset("reference" if variant.startswith("reference") else variant)
     extrapolated = variant == "reference"
     if extrapolated:
         cfg = replace(cfg, steps_fraction=reference_steps / len(backend.timesteps))
@@ -77,7 +77,7 @@ def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str |
     out = {
         "variant": variant, "ipc": ipc, "classes_timed": classes, "seconds_per_image": seconds / (classes * ipc),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_loading_mb": rss_loaded,
-        "extrapolated": extrapolated, "nopt": None if variant == "diffusion" else asdict(cfg),
+        "extrapolated": extrapolated, "nopt": None if cfg is None else asdict(cfg),
         "mean_step_loss_first": sum(a for a, _ in losses) / len(losses) if losses else None,
         "mean_step_loss_last": sum(b for _, b in losses) / len(losses) if losses else None,
     }

@@ -140,10 +140,13 @@ class _Bench:
         return evaluate_set(load_output_set(path), self.test, protocol or self.cfg.protocol, self.cfg.runs, labels, teacher,
                             progress=False)
 
-    def cell(self, method: str, ipc: int) -> Optional[dict]:
+    def grid_set(self, method: str, ipc: int) -> tuple[str, ConcentrateConfig]:
+        """The key and configuration of the table's set for (method, ipc), shared by its cell and cross cell."""
         key = f"{method}-ipc{ipc}"
+        return key, self.set_config(key, method, ipc)
 
-        cc = self.set_config(key, method, ipc)
+    def cell(self, method: str, ipc: int) -> Optional[dict]:
+        key, cc = self.grid_set(method, ipc)
 
         def compute() -> dict:
             path = self.make_set(cc)
@@ -157,8 +160,7 @@ class _Bench:
         """The set of cell (method, ipc), evaluated with the cross-architecture protocol (hard labels)."""
         p = self.cfg.cross_protocol
         assert p is not None
-        key = f"{method}-ipc{ipc}"
-        cc = self.set_config(key, method, ipc)
+        key, cc = self.grid_set(method, ipc)
 
         def compute() -> dict:
             r = self.evaluate(self.make_set(cc), protocol=p)

@@ -113,7 +113,7 @@ def feature_std(f: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
 
 def make_optimizer(eps: torch.Tensor, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     """SGD with momentum (reference), or Adam with beta1 = momentum: per-pixel step sizes, so a few
-    iterations go as far as many SGD ones (ours; the --schedule fast preset)."""
+    iterations go as far as many SGD ones (ours; the --schedule quick preset)."""
     if name == "adam":
         return torch.optim.Adam([eps], lr=lr, betas=(momentum, 0.99))
     return torch.optim.SGD([eps], lr=lr, momentum=momentum)
