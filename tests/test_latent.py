@@ -197,16 +197,29 @@ def test_dsco_on_a_dit_caches_real_latents_and_never_reencodes(tmp_path, dit_dir
     assert [e["sha256"] for e in read_manifest(again)["images"]] == [e["sha256"] for e in read_manifest(out)["images"]]
 
 
-def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
+def load_benchmark(name: str):
+    """A script from benchmarks/ as a module (benchmarks/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_throughput", Path(__file__).parents[1] / "benchmarks" / "gpu_throughput.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mod.main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "ddim,nopt-fast", "--dtypes", "fp32",
+    return mod
+
+
+def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "ddim,nopt-fast", "--dtypes", "fp32",
               "--targets", "8", "--out", str(tmp_path / "r.json")])
     r = json.loads((tmp_path / "r.json").read_text())
     assert [c["variant"] for c in r["results"]] == ["ddim", "nopt-fast"] and all(c["images_per_second"] > 0 for c in r["results"])
+
+
+def test_step_cost_benchmark_charges_the_reference_schedule_more_than_quick(tmp_path):
+    load_benchmark("step_cost").main(["--tiny", "--device", "cpu", "--presets", "quick,reference", "--ipc", "2", "--targets", "8",
+                                      "--repeats", "1", "--out", str(tmp_path / "r.json")])
+    quick, reference = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert 1 < quick["cost_vs_plain"] < reference["cost_vs_plain"]
+    assert reference["targets_per_step"] == 8 * 5 and quick["targets_per_step"] == 8
 
 
 def test_convert_dit_command_writes_a_loadable_diffusers_directory(tmp_path, capsys):

@@ -1,0 +1,122 @@
+"""What one NOpt step costs next to one sampling step, at DiT-XL/2 size (random weights), on any device.
+
+The synthesis-cost ratio NOpt/plain depends on how expensive the diffusion model is next to the
+feature net phi. On the shipped 1M-parameter pixel model the model step is as cheap as phi, so
+NOpt multiplies the cost (benchmarks/results/nopt_cost*.json); on the paper's setting (DiT-XL/2,
+675M parameters, guidance doubling the batch) it is the other way round. A full DiT-XL/2 run does
+not fit a CPU's time, but a handful of steps does, and the ratio follows from per-step times:
+
+    cost ratio = 1 + steps_optimised / steps * (t_targets + J * t_iteration) / t_model_step
+
+t_model_step: one guided `mean_sigma` call on IPC latents; t_targets: phi on the step's noised real
+latents (max_targets x K of them); t_iteration: one loss + backward + optimiser step on IPC latents.
+The VAE decode (the same for both) is left out and the last step (no noise, never optimised) is
+counted as optimised, so the ratios are upper bounds.
+
+    python benchmarks/step_cost.py --ipc 10 --out benchmarks/results/step_cost_dit_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from dsco.bench import machine
+from dsco.concentrate import nopt_preset
+from dsco.features import RandomFeatureNet
+from dsco.fsio import atomic_write_json
+from dsco.models.latent import LatentBackend, alphas_cumprod_from
+from dsco.nopt import feature_std, make_optimizer, norm_loss, pivots, quantile_loss, standardise
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from gpu_throughput import build  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
+
+
+def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Seconds per call, after one warm-up call."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, repeats: int) -> dict:
+    """Per-step seconds of the target features and of one iteration under a NOpt preset."""
+    cfg = nopt_preset(preset)
+    dev, shape = backend.device, backend.sample_shape
+    g = torch.Generator().manual_seed(0)
+    n_targets = min(targets, cfg.max_targets or targets) * cfg.k_noises
+    z0 = torch.randn((n_targets, *shape), generator=g).to(dev)
+    noise = torch.randn((n_targets, *shape), generator=g).to(dev)
+    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=1).to(dev)
+    t = backend.timesteps[len(backend.timesteps) // 2]
+    t_targets = timed(lambda: phi.batched(backend.q_sample(z0, t, noise)), 1, dev)
+    f = phi.batched(backend.q_sample(z0, t, noise))
+    m, s = f.mean(0), feature_std(f)
+    piv = pivots(standardise(f, m, s), ipc)
+    mu = torch.randn((ipc, *shape), generator=g).to(dev)
+    sigma = torch.full_like(mu, 0.1)
+    eps = torch.randn((ipc, *shape), generator=g).to(dev).requires_grad_(True)
+    opt = make_optimizer(eps, cfg.optimizer, cfg.lr, cfg.momentum)
+
+    def iteration() -> None:
+        loss = quantile_loss(standardise(phi(mu + sigma * eps), m, s), piv, cfg.lam) + norm_loss(eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t_iter = timed(iteration, repeats, dev)
+    steps = len(backend.timesteps)
+    optimised = math.ceil(cfg.steps_fraction * steps)
+    return {"preset": preset, "iterations": cfg.iterations, "feature_width": cfg.feature_width,
+            "targets_per_step": n_targets, "seconds_targets": round(t_targets, 4),
+            "seconds_iteration": round(t_iter, 4), "steps_optimised": optimised,
+            "seconds_nopt_per_step": round(t_targets + cfg.iterations * t_iter, 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--presets", default="quick,fast,reference")
+    p.add_argument("--targets", type=int, default=1300, help="real latents per class (ImageNet has ~1300)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default=None)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script quickly")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    dit, vae = build(a.tiny)
+    backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, device=a.device)
+    dev, steps = backend.device, len(backend.timesteps)
+    x = torch.randn((a.ipc, *backend.sample_shape)).to(dev)
+    y = torch.zeros(a.ipc, dtype=torch.long, device=dev)
+    t = backend.timesteps[steps // 2]
+    with torch.no_grad():
+        t_model = timed(lambda: backend.mean_sigma(x, t, y), a.repeats, dev)
+    print(f"model step (guided, IPC {a.ipc}): {t_model:.3f} s", flush=True)
+    rows = []
+    for preset in a.presets.split(","):
+        r = preset_costs(backend, preset, a.ipc, a.targets, a.repeats)
+        r["cost_vs_plain"] = round(1 + r["steps_optimised"] / steps * r["seconds_nopt_per_step"] / t_model, 3)
+        print(f"{preset}: targets {r['seconds_targets']} s, iteration {r['seconds_iteration']} s, "
+              f"cost {r['cost_vs_plain']}x plain", flush=True)
+        rows.append(r)
+    atomic_write_json(a.out, {
+        "benchmark": "step_cost", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 (random weights), guidance 4.0",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "machine": machine(),
+        "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "ipc": a.ipc, "steps": steps,
+        "seconds_model_step": round(t_model, 4), "rows": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()
