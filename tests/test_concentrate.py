@@ -236,8 +236,8 @@ def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, t
         concentrate(config(tmp_path / "bad", synthetic_set=str(syn)), train=tiny_set, progress=False)
 
 
-@pytest.mark.parametrize("name", ["reference", "fast", "quick"])
-def test_every_nopt_preset_is_valid_and_quick_is_fast_with_adam(name):
+@pytest.mark.parametrize("name", ["reference", "fast", "quick", "lean"])
+def test_every_nopt_preset_is_valid_and_the_adam_presets_differ_from_fast_only_in_cost_knobs(name):
     from dataclasses import replace
 
     from dsco.concentrate import nopt_preset
@@ -245,3 +245,5 @@ def test_every_nopt_preset_is_valid_and_quick_is_fast_with_adam(name):
     nopt_preset(name).validate()
     if name == "quick":
         assert nopt_preset("quick") == replace(nopt_preset("fast"), optimizer="adam", lr=0.05, iterations=10)
+    if name == "lean":
+        assert nopt_preset("lean") == replace(nopt_preset("quick"), lr=0.1, iterations=5, max_targets=50)
