@@ -40,6 +40,17 @@ def build(tiny: bool) -> tuple[DiTTransformer2DModel, AutoencoderKL]:
     return dit, vae
 
 
+def parse_and_build(p: argparse.ArgumentParser, argv: list[str] | None):
+    """The options shared by the DiT-XL/2-sized benchmarks (this one and step_cost.py), parsed, and the models."""
+    p.add_argument("--targets", type=int, default=1300, help="random real latents per class (ImageNet has ~1300)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    return (a, *build(a.tiny))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,13 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--methods", default="ddim,nopt-fast,nopt-reference")
     p.add_argument("--classes", type=int, default=1)
-    p.add_argument("--targets", type=int, default=1300, help="random real latents per class (ImageNet has ~1300)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script on a CPU")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    torch.manual_seed(0)
-    dit, vae = build(a.tiny)
+    a, dit, vae = parse_and_build(p, argv)
     results = []
     for dtype in a.dtypes.split(","):
         backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)

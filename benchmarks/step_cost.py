@@ -33,7 +33,7 @@ from dsco.models.latent import LatentBackend, alphas_cumprod_from
 from dsco.nopt import feature_std, make_optimizer, norm_loss, pivots, quantile_loss, standardise
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from gpu_throughput import build  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
+from gpu_throughput import parse_and_build  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -87,14 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--presets", default="quick,fast,reference")
-    p.add_argument("--targets", type=int, default=1300, help="real latents per class (ImageNet has ~1300)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default=None)
-    p.add_argument("--tiny", action="store_true", help="a tiny model, to check the script quickly")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    torch.manual_seed(0)
-    dit, vae = build(a.tiny)
+    a, dit, vae = parse_and_build(p, argv)
     backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, device=a.device)
     dev, steps = backend.device, len(backend.timesteps)
     x = torch.randn((a.ipc, *backend.sample_shape)).to(dev)
