@@ -51,6 +51,10 @@ def parse_and_build(p: argparse.ArgumentParser, argv: list[str] | None):
     return (a, *build(a.tiny))
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     dev = backend.device
     atomic_write_json(a.out, {
         "benchmark": "gpu_throughput", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 + SD-VAE (random weights)",
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "machine": machine(),
+        "device": device_name(dev), "machine": machine(),
         "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "results": results,
     })
 

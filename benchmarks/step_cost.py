@@ -18,10 +18,9 @@ counted as optimised, so the ratios are upper bounds.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -30,23 +29,23 @@ from dsco.concentrate import nopt_preset
 from dsco.features import RandomFeatureNet
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from
-from dsco.nopt import feature_std, make_optimizer, norm_loss, pivots, quantile_loss, standardise
+from dsco.nopt import make_optimizer, target_loss
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from gpu_throughput import parse_and_build  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
+from gpu_throughput import device_name, parse_and_build, sync  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
+
+T = TypeVar("T")
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Seconds per call, after one warm-up call."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def timed(fn: Callable[[], T], repeats: int, device: torch.device) -> tuple[float, T]:
+    """Seconds per call after one warm-up call, and the last call's result."""
+    out = fn()
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / repeats
+        out = fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeats, out
 
 
 def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, repeats: int) -> dict:
@@ -59,27 +58,22 @@ def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, re
     noise = torch.randn((n_targets, *shape), generator=g).to(dev)
     phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=1).to(dev)
     t = backend.timesteps[len(backend.timesteps) // 2]
-    t_targets = timed(lambda: phi.batched(backend.q_sample(z0, t, noise)), 1, dev)
-    f = phi.batched(backend.q_sample(z0, t, noise))
-    m, s = f.mean(0), feature_std(f)
-    piv = pivots(standardise(f, m, s), ipc)
+    t_targets, loss_fn = timed(lambda: target_loss(phi, backend.q_sample(z0, t, noise), ipc, cfg), 1, dev)
     mu = torch.randn((ipc, *shape), generator=g).to(dev)
     sigma = torch.full_like(mu, 0.1)
     eps = torch.randn((ipc, *shape), generator=g).to(dev).requires_grad_(True)
     opt = make_optimizer(eps, cfg.optimizer, cfg.lr, cfg.momentum)
 
     def iteration() -> None:
-        loss = quantile_loss(standardise(phi(mu + sigma * eps), m, s), piv, cfg.lam) + norm_loss(eps)
+        loss = loss_fn(mu + sigma * eps, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    t_iter = timed(iteration, repeats, dev)
-    steps = len(backend.timesteps)
-    optimised = math.ceil(cfg.steps_fraction * steps)
+    t_iter, _ = timed(iteration, repeats, dev)
     return {"preset": preset, "iterations": cfg.iterations, "feature_width": cfg.feature_width,
             "targets_per_step": n_targets, "seconds_targets": round(t_targets, 4),
-            "seconds_iteration": round(t_iter, 4), "steps_optimised": optimised,
+            "seconds_iteration": round(t_iter, 4), "steps_optimised": cfg.optimised_steps(len(backend.timesteps)),
             "seconds_nopt_per_step": round(t_targets + cfg.iterations * t_iter, 4)}
 
 
@@ -95,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.zeros(a.ipc, dtype=torch.long, device=dev)
     t = backend.timesteps[steps // 2]
     with torch.no_grad():
-        t_model = timed(lambda: backend.mean_sigma(x, t, y), a.repeats, dev)
+        t_model, _ = timed(lambda: backend.mean_sigma(x, t, y), a.repeats, dev)
     print(f"model step (guided, IPC {a.ipc}): {t_model:.3f} s", flush=True)
     rows = []
     for preset in a.presets.split(","):
@@ -106,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(r)
     atomic_write_json(a.out, {
         "benchmark": "step_cost", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 (random weights), guidance 4.0",
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "machine": machine(),
+        "device": device_name(dev), "machine": machine(),
         "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "ipc": a.ipc, "steps": steps,
         "seconds_model_step": round(t_model, 4), "rows": rows,
     })

@@ -43,6 +43,10 @@ class NOptConfig:
     latin_hypercube: bool = True
     steps_fraction: float = 1.0  # optimise only the first (noisiest) fraction of the steps (ours)
 
+    def optimised_steps(self, steps: int) -> int:
+        """How many of `steps` sampling steps (the noisiest first) get their noise optimised."""
+        return math.ceil(self.steps_fraction * steps)
+
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise DscoError(f"unknown NOpt loss {self.loss!r}: valid names are {', '.join(LOSSES)}")
@@ -167,6 +171,18 @@ def optimise_noise(
     raise DscoError(f"NOpt: non-finite loss for class {label} at step t={t} after {cfg.max_retries} retries (lower --lr)")
 
 
+def target_loss(phi: RandomFeatureNet, zt: torch.Tensor, n: int, cfg: NOptConfig) -> LossFn:
+    """One step's loss: phi's features of n samples matched to those of the noised real targets zt
+    (both standardised by the targets' statistics), plus the noise-norm term."""
+    f = phi.batched(zt)
+    m, s = f.mean(0), feature_std(f)
+    fs = standardise(f, m, s)
+    if cfg.loss == "quantile":
+        piv = pivots(fs, n)
+        return lambda x_prev, eps: quantile_loss(standardise(phi(x_prev), m, s), piv, cfg.lam) + norm_loss(eps)
+    return lambda x_prev, eps: cfg.mmd_weight * mmd2(standardise(phi(x_prev), m, s), fs) + norm_loss(eps)
+
+
 # ---- the per-class loop --------------------------------------------------------------------
 
 StepLossFactory = Callable[[int, int], Optional[LossFn]]  # (step index, t) -> loss or None to skip
@@ -189,7 +205,7 @@ def steered_sampling(
     dev = device_of(backend)
     y = torch.full((len(x_T),), label, dtype=torch.long, device=dev)
     x, records = x_T.to(dev), []
-    optimised = math.ceil(cfg.steps_fraction * len(backend.timesteps))
+    optimised = cfg.optimised_steps(len(backend.timesteps))
     bar = tqdm(backend.timesteps, desc=f"class {class_name}", leave=False, disable=not progress)
     for i, t in enumerate(bar):
         with torch.no_grad():
@@ -228,19 +244,11 @@ def nopt_class(
     dev = device_of(backend)
     phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed).to(dev)
     ts = backend.timesteps
-    target_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator).to(dev)
-    real_z0 = real_z0.to(dev)
+    z = real_z0.to(dev).repeat(cfg.k_noises, 1, 1, 1)
+    z_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator).to(dev).flatten(0, 1)
 
     def make_loss(i: int, t: int) -> LossFn:
         t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)
-        z = real_z0.repeat(cfg.k_noises, 1, 1, 1)
-        zt = z if t_target is None else backend.q_sample(z, t_target, target_noise.flatten(0, 1))
-        f = phi.batched(zt)
-        m, s = f.mean(0), feature_std(f)
-        fs = standardise(f, m, s)
-        if cfg.loss == "quantile":
-            piv = pivots(fs, n)
-            return lambda x_prev, eps: quantile_loss(standardise(phi(x_prev), m, s), piv, cfg.lam) + norm_loss(eps)
-        return lambda x_prev, eps: cfg.mmd_weight * mmd2(standardise(phi(x_prev), m, s), fs) + norm_loss(eps)
+        return target_loss(phi, z if t_target is None else backend.q_sample(z, t_target, z_noise), n, cfg)
 
     return steered_sampling(backend, label, x_T, step_noise, make_loss, cfg, class_name, progress)
