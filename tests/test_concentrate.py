@@ -247,3 +247,13 @@ def test_every_nopt_preset_is_valid_and_the_adam_presets_differ_from_fast_only_i
         assert nopt_preset("quick") == replace(nopt_preset("fast"), optimizer="adam", lr=0.05, iterations=10)
     if name == "lean":
         assert nopt_preset("lean") == replace(nopt_preset("quick"), lr=0.1, iterations=5, max_targets=50)
+
+
+def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():
+    from dsco.concentrate import MNIST5K_SCHEDULE, nopt_preset
+
+    folder = ConcentrateConfig(dataset="/data/my-folder/train").resolved()
+    assert folder.schedule == "reference" and folder.nopt == nopt_preset("reference") and folder.datafree.templates == 200
+    embedded = ConcentrateConfig(dataset="mnist5k").resolved()
+    assert embedded.schedule == MNIST5K_SCHEDULE and embedded.nopt == nopt_preset(MNIST5K_SCHEDULE)
+    assert ConcentrateConfig(dataset="mnist5k", schedule="reference").resolved().nopt.iterations == 200
