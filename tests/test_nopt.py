@@ -107,3 +107,16 @@ def test_mmd_loss_option_runs(tiny_backend, tiny_set):
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(DscoError, match="valid names are quantile, mmd"):
         NOptConfig(loss="l2").validate()
+
+
+def test_steps_fraction_and_start_choose_which_steps_are_optimised(tiny_backend, tiny_set):
+    assert NOptConfig(steps_fraction=0.6).optimised_range(50) == range(0, 30)
+    assert NOptConfig(steps_fraction=0.6, steps_start=0.4).optimised_range(50) == range(20, 50)
+    assert NOptConfig(steps_fraction=0.8, steps_start=0.5).optimised_range(50) == range(25, 50)
+    real = tiny_backend.encode(tiny_set.class_images(0))
+    ts = tiny_backend.timesteps
+    cfg = NOptConfig(iterations=2, feature_width=16, k_noises=1, steps_fraction=0.5, steps_start=0.25)
+    _, records = nopt_class(tiny_backend, 0, real, 2, cfg, torch.Generator().manual_seed(0), 1)
+    assert records and [r.t for r in records] == [ts[i] for i in cfg.optimised_range(len(ts)) if i < len(ts) - 1]
+    with pytest.raises(DscoError, match="steps_start"):
+        NOptConfig(steps_start=1.0).validate()

@@ -41,11 +41,17 @@ class NOptConfig:
     early_stop_tol: float = 1e-3  # relative improvement that counts
     max_retries: int = 3  # on NaN/Inf: halve lr and redo the step, this many times
     latin_hypercube: bool = True
-    steps_fraction: float = 1.0  # optimise only the first (noisiest) fraction of the steps (ours)
+    steps_fraction: float = 1.0  # optimise only this fraction of the steps (ours)
+    steps_start: float = 0.0  # ... starting this fraction of the steps in (0 = from the noisiest; ours)
 
     def optimised_steps(self, steps: int) -> int:
-        """How many of `steps` sampling steps (the noisiest first) get their noise optimised."""
-        return math.ceil(self.steps_fraction * steps)
+        """How many of `steps` sampling steps get their noise optimised."""
+        return len(self.optimised_range(steps))
+
+    def optimised_range(self, steps: int) -> range:
+        """Indices (0 = the noisiest step) of the sampling steps whose noise is optimised."""
+        first = math.floor(self.steps_start * steps)
+        return range(first, min(steps, first + math.ceil(self.steps_fraction * steps)))
 
     def validate(self) -> None:
         if self.loss not in LOSSES:
@@ -56,6 +62,8 @@ class NOptConfig:
             raise DscoError("NOpt needs iterations >= 0, k_noises >= 1 and lr > 0")
         if not 0 < self.steps_fraction <= 1:
             raise DscoError(f"steps_fraction must be in (0, 1], got {self.steps_fraction}")
+        if not 0 <= self.steps_start < 1:
+            raise DscoError(f"steps_start must be in [0, 1), got {self.steps_start}")
         if self.target_offset not in (0, 1):
             raise DscoError(f"target_offset must be 0 or 1, got {self.target_offset}")
 
@@ -205,13 +213,13 @@ def steered_sampling(
     dev = device_of(backend)
     y = torch.full((len(x_T),), label, dtype=torch.long, device=dev)
     x, records = x_T.to(dev), []
-    optimised = cfg.optimised_steps(len(backend.timesteps))
+    optimised = cfg.optimised_range(len(backend.timesteps))
     bar = tqdm(backend.timesteps, desc=f"class {class_name}", leave=False, disable=not progress)
     for i, t in enumerate(bar):
         with torch.no_grad():
             mu, sigma = backend.mean_sigma(x, t, y)
         eps = step_noise[i].to(dev)
-        active = i < optimised and float(sigma.max()) > 0 and cfg.iterations > 0
+        active = i in optimised and float(sigma.max()) > 0 and cfg.iterations > 0
         loss_fn = make_loss(i, t) if active else None
         if loss_fn is not None:
             eps, rec = optimise_noise(loss_fn, mu, sigma, eps, cfg, t, class_name)
