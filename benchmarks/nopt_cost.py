@@ -10,7 +10,8 @@ a seed no run optimises against): the reference's quantile loss and MMD^2.
 
     python benchmarks/nopt_cost.py --ipc 1,10,50 --out benchmarks/results/nopt_cost.json
 
-Variants: diffusion (plain sampling), and the NOpt presets fast, quick, reference.
+Variants: diffusion (plain sampling), and the NOpt presets fast, quick, lean, reference, each
+optionally with knob overrides: `quick+max_targets=50+steps_fraction=0.6+steps_start=0.4`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from dsco.fsio import atomic_write_json
 from dsco.mmd import mmd2
 from dsco.models.diffusion import plain_sample
 from dsco.models.pixel import PixelBackend
-from dsco.nopt import feature_std, nopt_class, pivots, quantile_loss
+from dsco.nopt import NOptConfig, feature_std, nopt_class, pivots, quantile_loss
 
 EVAL_SEED = 12345
 
@@ -46,11 +47,24 @@ def quality(x: torch.Tensor, real: torch.Tensor) -> dict[str, float]:
     return {"quantile": quantile_loss(fx, pivots(fr, len(x)), 5e-4).item(), "mmd2": mmd2(fx, fr).item()}
 
 
+def variant_config(variant: str) -> NOptConfig:
+    """`preset+knob=value+...` -> the preset's NOptConfig with those knobs replaced (typed like the preset's)."""
+    name, *knobs = variant.split("+")
+    cfg = nopt_preset(name)
+    kw = {}
+    for knob in knobs:
+        key, _, value = knob.partition("=")
+        if not hasattr(cfg, key):
+            raise SystemExit(f"unknown NOpt knob {key!r} in variant {variant!r}")
+        kw[key] = value if isinstance(getattr(cfg, key), str) else float(value) if "." in value else int(value)
+    return replace(cfg, **kw)
+
+
 def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str | None) -> dict:
     backend = PixelBackend.load(model or default_model_dir("mnist5k"))
     train = load_dataset("mnist5k", "train")
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cfg = None if variant == "diffusion" else nopt_preset("reference" if variant.startswith("reference") else variant)
+    cfg = None if variant == "diffusion" else variant_config(variant)
     extrapolated = variant == "reference"
     if extrapolated:
         cfg = replace(cfg, steps_fraction=reference_steps / len(backend.timesteps))

@@ -268,3 +268,12 @@ def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(DiTTransformer2DModel, "from_pretrained", offline)
     with pytest.raises(DscoError, match="hub id .*needs internet.* facebook/DiT-XL-2-256"):
         load_backend("facebook/DiT-XL-2-256")
+
+
+def test_nopt_cost_variants_are_presets_with_typed_knob_overrides():
+    nopt_cost = load_benchmark("nopt_cost")
+    cfg = nopt_cost.variant_config("quick+max_targets=50+steps_fraction=0.6+steps_start=0.4")
+    assert (cfg.max_targets, cfg.steps_fraction, cfg.steps_start, cfg.iterations) == (50, 0.6, 0.4, 10)
+    assert nopt_cost.variant_config("reference") == NOptConfig()
+    with pytest.raises(SystemExit, match="unknown NOpt knob"):
+        nopt_cost.variant_config("quick+speed=9")
