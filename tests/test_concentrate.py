@@ -257,3 +257,19 @@ def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():
     embedded = ConcentrateConfig(dataset="mnist5k").resolved()
     assert embedded.schedule == MNIST5K_SCHEDULE and embedded.nopt == nopt_preset(MNIST5K_SCHEDULE)
     assert ConcentrateConfig(dataset="mnist5k", schedule="reference").resolved().nopt.iterations == 200
+
+
+def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_default(tmp_path, tiny_set, tiny_backend, monkeypatch):
+    whole = concentrate(config(tmp_path / "whole"), train=tiny_set, backend=tiny_backend, progress=False)
+    real = conc._synthesise_class
+    with monkeypatch.context() as m:
+        m.setattr(conc, "_synthesise_class", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
+    run = tmp_path / ".cut.work" / "run.json"
+    record = json.loads(run.read_text())
+    del record["config"]["nopt"]["steps_start"]  # as written before --steps-start was added
+    run.write_text(json.dumps(record))
+    assert conc._synthesise_class is real
+    cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
+    assert _hashes(cut) == _hashes(whole)

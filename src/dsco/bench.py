@@ -13,13 +13,12 @@ from typing import Any, Optional
 
 import torch
 
-from .concentrate import METHODS, ConcentrateConfig, concentrate, determining
+from .concentrate import METHODS, ConcentrateConfig, concentrate, determining, with_later_defaults
 from .data import load_dataset
 from .doping import DopingConfig
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
 from .fsio import atomic_write_bytes, atomic_write_json
-from .nopt import NOptConfig
 from .outputset import load_output_set, read_manifest
 
 CURVE_METHODS = ("dsco-doping", "dsco", "random")
@@ -82,17 +81,6 @@ def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
     """
     ok = [r["budget"] for r in rows if r["mean"] >= full["mean"] - full["std"] - 1e-6]
     return min(ok) if ok else None
-
-
-def with_later_defaults(made_with: dict[str, Any]) -> dict[str, Any]:
-    """A cached cell's configuration with option fields added since it was made read as their defaults
-    (which is what the code did before they existed), so adding an option does not orphan the cache."""
-    defaults = {"protocol": EvalProtocol(), "doping_protocol": EvalProtocol(), "nopt": NOptConfig()}
-    out = dict(made_with)
-    for key, default in defaults.items():
-        if isinstance(out.get(key), dict):
-            out[key] = {**json.loads(json.dumps(asdict(default))), **out[key]}
-    return out
 
 
 class _Bench:

@@ -125,6 +125,17 @@ class ConcentrateConfig:
         return str(self.model or default_model_dir(self.dataset))
 
 
+def with_later_defaults(made_with: dict[str, Any]) -> dict[str, Any]:
+    """A cached cell's configuration with option fields added since it was made read as their defaults
+    (which is what the code did before they existed), so adding an option does not orphan the cache."""
+    defaults = {"protocol": EvalProtocol(), "doping_protocol": EvalProtocol(), "nopt": NOptConfig()}
+    out = dict(made_with)
+    for key, default in defaults.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {**json.loads(json.dumps(asdict(default))), **out[key]}
+    return out
+
+
 def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     """The config fields that can change the set `cfg` builds (another method's knobs dropped)."""
     d = asdict(cfg)
@@ -199,7 +210,7 @@ class _Run:
         if self.work.exists() and not resume:
             raise DscoError(f"an interrupted run is in {self.work}: pass --resume to continue it, or delete it")
         if resume and saved.is_file():
-            if json.loads(saved.read_text())["config"] != json.loads(json.dumps(record["config"])):
+            if with_later_defaults(json.loads(saved.read_text())["config"]) != json.loads(json.dumps(record["config"])):
                 raise DscoError(f"--resume: the run in {self.work} used a different configuration")
         barrier()  # every rank has checked before rank 0 creates the work directory
         if rank == 0 and not saved.is_file():
