@@ -126,8 +126,8 @@ class ConcentrateConfig:
 
 
 def with_later_defaults(made_with: dict[str, Any]) -> dict[str, Any]:
-    """A cached cell's configuration with option fields added since it was made read as their defaults
-    (which is what the code did before they existed), so adding an option does not orphan the cache."""
+    """A recorded configuration (a bench cell's, an interrupted run's) with option fields added since it was
+    written read as their defaults (what the code did before they existed): adding an option orphans nothing."""
     defaults = {"protocol": EvalProtocol(), "doping_protocol": EvalProtocol(), "nopt": NOptConfig()}
     out = dict(made_with)
     for key, default in defaults.items():
