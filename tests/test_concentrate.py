@@ -273,3 +273,13 @@ def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_d
     assert conc._synthesise_class is real
     cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
     assert _hashes(cut) == _hashes(whole)
+
+
+def test_the_budget_preset_is_quick_on_the_noisiest_60_percent_of_steps_with_50_targets():
+    from dataclasses import replace
+
+    from dsco.concentrate import nopt_preset
+
+    budget = nopt_preset("budget")
+    assert budget == replace(nopt_preset("quick"), max_targets=50, steps_fraction=0.6)
+    assert budget.optimised_range(50) == range(0, 30)

@@ -38,6 +38,7 @@ class BenchConfig:
     runs: int = 3
     seed: int = 0
     model: Optional[str] = None
+    schedule: Optional[str] = None  # NOpt preset of the dsco sets; None = the dataset's default (default_schedule)
     curve: bool = False
     budgets: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     curve_synthetic_ipc: int = 10  # the fixed synthetic part of the doped sets
@@ -113,7 +114,8 @@ class _Bench:
     def set_config(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> ConcentrateConfig:
         synthetic = str(self.out / "sets" / f"{method}-ipc{ipc}") if doping is not None else None
         return ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
-                                 seed=self.cfg.seed, model=self.cfg.model, doping=doping or DopingConfig(),
+                                 seed=self.cfg.seed, model=self.cfg.model, schedule=self.cfg.schedule,
+                                 doping=doping or DopingConfig(),
                                  doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset,
                                  synthetic_set=synthetic).resolved()
 

@@ -147,7 +147,7 @@ def _bench(a: argparse.Namespace) -> None:
 
     cfg = BenchConfig(
         dataset=a.dataset, out=a.out, ipcs=[int(x) for x in a.ipc.split(",")], methods=a.methods.split(","),
-        runs=a.runs, seed=a.seed, model=a.model, curve=a.curve, budgets=[float(x) for x in a.budgets.split(",")],
+        runs=a.runs, seed=a.seed, model=a.model, schedule=a.schedule, curve=a.curve, budgets=[float(x) for x in a.budgets.split(",")],
         curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
         teacher=a.teacher, curve_labels=a.curve_labels.split(","),
         curve_synthetic_max_budget=a.curve_synthetic_max_budget, command=" ".join(["dsco", *sys.argv[1:]]),
@@ -195,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
         c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         c.add_argument("--resume", action="store_true", help="continue an interrupted run")
-        c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default), fast (ours; "
-                       "the default on mnist5k), quick (ours: fast with 10 Adam iterations, about half the cost), "
-                       "lean (ours: 5 Adam iterations, 50 targets, <= 2x plain sampling, gains at IPC 1 only)")
+        c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default), fast (ours), quick (ours: fast with 10 Adam iterations, about half the cost), "
+                       "lean (ours: 5 Adam iterations, 50 targets), budget (ours: quick on the noisiest 60 %% of steps "
+                       "with 50 targets, <= 2x plain sampling; the default on mnist5k)")
         c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, fast 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, diffusion, dm")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--model", default=None)
+    b.add_argument("--schedule", default=None, help="NOpt preset of the dsco sets (default: the dataset's, as concentrate)")
     b.add_argument("--out", required=True)
     b.add_argument("--curve", action="store_true", help="also the lossless curve over --budgets")
     b.add_argument("--cached-only", action="store_true", help="assemble table and plots from the cells already "
