@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default), fast (ours), quick (ours: fast with 10 Adam iterations, about half the cost), "
                        "lean (ours: 5 Adam iterations, 50 targets), budget (ours: quick on the noisiest half of the steps "
                        "with 50 targets, <= 2x plain sampling; the default on mnist5k)")
-        c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, fast 20)")
+        c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, diffusion, dm")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
         c.add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
