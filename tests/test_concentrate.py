@@ -9,7 +9,7 @@ import torch
 
 import importlib
 from dsco.cli import main
-from dsco.concentrate import METHODS, ConcentrateConfig, concentrate
+from dsco.concentrate import METHODS, SCHEDULES, ConcentrateConfig, concentrate
 from dsco.data import ImageSet
 from dsco.doping import DopingConfig
 from dsco.errors import DscoError
@@ -236,7 +236,7 @@ def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, t
         concentrate(config(tmp_path / "bad", synthetic_set=str(syn)), train=tiny_set, progress=False)
 
 
-@pytest.mark.parametrize("name", ["reference", "fast", "quick", "lean"])
+@pytest.mark.parametrize("name", SCHEDULES)
 def test_every_nopt_preset_is_valid_and_the_adam_presets_differ_from_fast_only_in_cost_knobs(name):
     from dataclasses import replace
 
@@ -247,6 +247,9 @@ def test_every_nopt_preset_is_valid_and_the_adam_presets_differ_from_fast_only_i
         assert nopt_preset("quick") == replace(nopt_preset("fast"), optimizer="adam", lr=0.05, iterations=10)
     if name == "lean":
         assert nopt_preset("lean") == replace(nopt_preset("quick"), lr=0.1, iterations=5, max_targets=50)
+    if name == "budget":  # quick on the noisiest half of the steps with 50 targets
+        assert nopt_preset("budget") == replace(nopt_preset("quick"), max_targets=50, steps_fraction=0.5)
+        assert nopt_preset("budget").optimised_range(50) == range(0, 25)
 
 
 def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():
@@ -273,13 +276,3 @@ def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_d
     assert conc._synthesise_class is real
     cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
     assert _hashes(cut) == _hashes(whole)
-
-
-def test_the_budget_preset_is_quick_on_the_noisiest_half_of_the_steps_with_50_targets():
-    from dataclasses import replace
-
-    from dsco.concentrate import nopt_preset
-
-    budget = nopt_preset("budget")
-    assert budget == replace(nopt_preset("quick"), max_targets=50, steps_fraction=0.5)
-    assert budget.optimised_range(50) == range(0, 25)
