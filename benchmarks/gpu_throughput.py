@@ -103,7 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default="ddim,nopt-fast,nopt-reference")
     p.add_argument("--classes", type=int, default=1)
     a, dit, vae = parse_and_build(p, argv)
-    results = []
+    results: list[dict] = []
+
+    def write(dev: torch.device) -> None:  # after every cell, so a run stopped by a time limit keeps what it measured
+        atomic_write_json(a.out, {
+            "benchmark": "gpu_throughput", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 + SD-VAE (random weights)",
+            "device": device_name(dev), "machine": machine(),
+            "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "results": results,
+        })
+
     for dtype in a.dtypes.split(","):
         backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)
         for ipc in [int(x) for x in a.ipc.split(",")]:
@@ -117,13 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 r.update({"variant": method, "dtype": dtype})
                 print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s, peak {r['peak_gpu_gib']} GiB", flush=True)
                 results.append(r)
-    dev = backend.device
-    atomic_write_json(a.out, {
-        "benchmark": "gpu_throughput", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 + SD-VAE (random weights)",
-        "device": device_name(dev), "machine": machine(),
-        "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "results": results,
-    })
-
+                write(backend.device)
 
 if __name__ == "__main__":
     main()

@@ -47,10 +47,12 @@ def _train_model(a: argparse.Namespace) -> None:
     from .models.pixel import PixelModelConfig
     from .train_model import TrainModelConfig, train_model
 
-    model = PixelModelConfig(image_size=a.image_size, block_out_channels=tuple(a.channels))
+    model = PixelModelConfig(image_size=a.image_size, block_out_channels=tuple(a.channels),
+                             layers_per_block=a.layers_per_block, attention=a.attention)
     cfg = TrainModelConfig(
         dataset=a.dataset, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
         checkpoint_every=a.checkpoint_every, resume=a.resume, data_root=a.data_root, model=model,
+        snapshot_steps=tuple(a.snapshot_steps), device=a.device,
     )
     print(train_model(cfg))
 
@@ -171,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--image-size", type=int, default=28)
     t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    t.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers in each UNet block")
+    t.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
     t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
+                   help="also keep the EMA model at these steps, under OUT/snapshots/step-NNNNNN")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: the GPU if there is one)")
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=_train_model)
 
