@@ -4,7 +4,7 @@ Random weights (speed does not depend on them): DiT-XL/2 (28 layers, width 1152,
 1000 classes, learned sigma) and the SD VAE architecture (4 levels 128-256-512-512). Each cell
 synthesises `--classes` classes at an IPC with guidance 4.0 and 50 steps, VAE decode included, and
 reports images per second and peak allocated GPU memory. NOpt runs on random "real" latents
-(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) and the fast preset.
+(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) and the budget preset (the mnist5k default).
 
     python benchmarks/gpu_throughput.py --out benchmarks/results/gpu_throughput.json
     python benchmarks/gpu_throughput.py --tiny --device cpu --out /tmp/smoke.json   # a CPU smoke run
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", default="10,50")
     p.add_argument("--dtypes", default="bf16,fp32")
-    p.add_argument("--methods", default="ddim,nopt-fast,nopt-reference")
+    p.add_argument("--methods", default="ddim,nopt-budget,nopt-reference")
     p.add_argument("--classes", type=int, default=1)
     a, dit, vae = parse_and_build(p, argv)
     results: list[dict] = []

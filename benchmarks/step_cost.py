@@ -80,7 +80,7 @@ def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, re
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--presets", default="quick,fast,reference")
+    p.add_argument("--presets", default="budget,reference")
     p.add_argument("--repeats", type=int, default=3)
     a, dit, vae = parse_and_build(p, argv)
     backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, device=a.device)

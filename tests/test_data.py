@@ -85,3 +85,14 @@ def test_torchvision_dataset_needs_a_root_and_never_downloads_unasked(tmp_path):
         load_dataset("cifar10")
     with pytest.raises(DscoError, match="--download"):
         load_dataset("mnist", data_root=str(tmp_path))
+
+
+def test_a_decompression_bomb_is_a_bad_image_like_any_other(folder, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (64, 64)).save(folder / "a" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64x64 is then over twice the limit, as 20000^2 is; the 8x8 images stay under it
+    with pytest.raises(DscoError, match="corrupt or unreadable image .*huge.png"):
+        load_dataset(str(folder))
+    s = load_dataset(str(folder), on_bad_image="skip")
+    assert len(s) == 36

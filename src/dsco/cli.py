@@ -21,7 +21,7 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="cpu-small", help="cpu-small (ours, small images on CPU), cpu-resnet18 "
                    "(ours, ResNet-18 at batch 32), imagenet-subset (the paper's ImageNette/ImageWoof protocol: "
                    "ResNetAP-10 at 224 px, epochs by IPC) or imagenet1k")
-    p.add_argument("--arch", default=None, help="override the protocol's architecture: convnet3, convnet6, resnet18, resnetap10")
+    p.add_argument("--arch", default=None, help="override the protocol's architecture: convnet3, convnet6, convnet3-bn, resnet18, resnetap10")
     p.add_argument("--width", type=int, default=None, help="override the ConvNet channels (cpu-small: 32; the field: 128)")
     p.add_argument("--max-steps", type=int, default=None, help="cap the classifier's training steps")
 
@@ -76,6 +76,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
         sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=schedule, nopt=replace(nopt, **overrides),
         vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
+        diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads,
         latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
@@ -196,15 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--vae", default=None, help="DiT: VAE directory or hub id (default: the model's vae/, "
                        "or stabilityai/sd-vae-ft-mse for a checkpoint file)")
         c.add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer")
-        c.add_argument("--guidance-channels", type=int, default=None, help="DiT: guide only the first C latent channels "
-                       "(the original DiT code guides 3; default all)")
+        c.add_argument("--guidance-channels", type=int, default=None, help="DiT: guide the first C latent channels "
+                       "(default 3, as the original DiT code; 4 guides all)")
+        c.add_argument("--diffusers-embedding", action="store_true", help="DiT: keep diffusers' timestep embedding "
+                       "(frequency shift 1) and pre-MLP LayerNorm eps 1e-5 instead of the original DiT's")
+        c.add_argument("--num-heads", type=int, default=None, help="DiT checkpoint file: attention heads, when the "
+                       "width is not a DiT-S/B/L/XL one")
         c.add_argument("--class-map", default=None, help="JSON {class folder: model label} when folders are not ImageNet wnids")
         c.add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
         c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         c.add_argument("--resume", action="store_true", help="continue an interrupted run")
-        c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default), fast (ours), quick (ours: fast with 10 Adam iterations, about half the cost), "
-                       "lean (ours: 5 Adam iterations, 50 targets), budget (ours: quick on the noisiest half of the steps "
-                       "with 50 targets, <= 2x plain sampling; the default on mnist5k)")
+        c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or budget "
+                       "(ours: 10 Adam iterations on the noisiest half of the steps, 50 targets, about 1.8x plain "
+                       "sampling; the default on mnist5k); every knob below overrides it")
         c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, diffusion, dm")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")

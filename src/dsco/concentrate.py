@@ -33,26 +33,19 @@ from .parallel import barrier, join
 METHODS = ("dsco", "dsco-datafree", "random", "herding", "kcenter", "diffusion", "dm")
 DIFFUSION_METHODS = ("dsco", "dsco-datafree", "diffusion")
 FEATURE_SPACES = ("pixels", "random-conv")
-SCHEDULES = ("reference", "fast", "quick", "lean", "budget")
+SCHEDULES = ("reference", "budget")
 MNIST5K_SCHEDULE = "budget"  # the embedded default's preset: <= 2x plain sampling, the README run takes minutes
-OPTIONAL_KNOBS = ("vae", "bf16", "guidance_channels", "class_map", "device", "synthetic_set")
+OPTIONAL_KNOBS = ("vae", "bf16", "guidance_channels", "class_map", "device", "synthetic_set", "num_heads", "diffusers_embedding")
 
 
 def nopt_preset(name: str) -> NOptConfig:
-    """`reference`: the authors' schedule. `fast`: ours for small images on CPU; `quick`: fast with Adam;
-    `lean`: quick with half the iterations and targets; `budget`: quick on the noisiest half of the steps with
-    50 targets (benchmarks/nopt_cost.py, results/mnist5k/ablation.md)."""
+    """`reference`: the authors' schedule. `budget` (ours, the mnist5k default): 10 Adam iterations on a 64-wide
+    phi, one noising of 50 targets, the noisiest half of the steps, targets noised to the matched step;
+    about 1.8x plain sampling on mnist5k (benchmarks/nopt_cost.py). Any other setting is reachable through the
+    knobs; results/mnist5k/ablation.md records which knobs made which row."""
     if name == "reference":
         return NOptConfig()
-    if name == "fast":
-        return NOptConfig(iterations=30, feature_width=64, k_noises=1, max_targets=100, target_offset=0)
-    if name == "quick":  # the fast preset with 10 Adam iterations: about half its cost, the same IPC 10 accuracy
-        return NOptConfig(iterations=10, feature_width=64, k_noises=1, max_targets=100, target_offset=0,
-                          optimizer="adam", lr=0.05)
-    if name == "lean":  # <= 2x plain sampling on mnist5k at IPC 10; keeps NOpt's IPC 1 gain, not its IPC 10 one
-        return NOptConfig(iterations=5, feature_width=64, k_noises=1, max_targets=50, target_offset=0,
-                          optimizer="adam", lr=0.1)
-    if name == "budget":  # 1.8-2.0x plain sampling on mnist5k at IPC 10; most of fast's gain over three synthesis seeds
+    if name == "budget":
         return NOptConfig(iterations=10, feature_width=64, k_noises=1, max_targets=50, target_offset=0,
                           optimizer="adam", lr=0.05, steps_fraction=0.5)
     raise DscoError(f"unknown NOpt schedule {name!r}: valid names are {', '.join(SCHEDULES)}")
@@ -88,7 +81,9 @@ class ConcentrateConfig:
     guidance: Optional[float] = None  # None = the model's own: 2.0 for pixel models, 4.0 for DiT
     vae: Optional[str] = None  # DiT only: VAE directory or hub id (default: the DiT directory's vae/)
     bf16: bool = False  # DiT only: bf16 autocast for the transformer's forward passes
-    guidance_channels: Optional[int] = None  # DiT only: guide the first C latent channels (None = all)
+    guidance_channels: Optional[int] = None  # DiT only: guide the first C latent channels (None = DiT's 3)
+    diffusers_embedding: bool = False  # DiT only: keep diffusers' timestep embedding and norm eps instead of DiT's
+    num_heads: Optional[int] = None  # DiT checkpoint files only: attention heads when the width is not DiT-S/B/L/XL
     class_map: Optional[str] = None  # JSON file {class folder name: model label}
     latent_cache: Optional[str] = None  # DiT only: where real-image latents are cached (None = ~/.cache/dsco/latents)
     device: Optional[str] = None  # None = cuda (this rank's GPU) when available, else cpu
@@ -344,7 +339,10 @@ def concentrate(
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
     if cfg.method in DIFFUSION_METHODS and backend is None and synthetic is None:
         backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
-                               guidance_channels=cfg.guidance_channels, device=cfg.device)
+                               guidance_channels=cfg.guidance_channels, device=cfg.device, num_heads=cfg.num_heads,
+                               embedding="diffusers" if cfg.diffusers_embedding else "dit")
+    if backend is not None and cfg.method in ("dsco", "dsco-datafree"):
+        RandomFeatureNet.check_input(backend.sample_shape)  # before any image is read or encoded
     needs_real = cfg.method != "dsco-datafree" or cfg.doping.enabled
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some

@@ -20,7 +20,7 @@ from .nopt import LossFn, NOptConfig, StepRecord, norm_loss, rho, steered_sampli
 class DataFreeConfig:
     """Data-free knobs; defaults are the reference's."""
 
-    templates: Optional[int] = None  # template samples per class; None = by schedule (reference 200, fast 20)
+    templates: Optional[int] = None  # template samples per class; None = by schedule (reference 200, budget 20)
     diversity_weight: float = 10.0
     beta: float = 1e-3  # weight of the moment terms
     template_batch: int = 100
@@ -52,16 +52,22 @@ def template_stats(
     return stats
 
 
+DIAGONAL = -100.0  # the reference masks each sample's cosine with itself to -100 before the max
+
+
 def datafree_loss(h: torch.Tensor, eps: torch.Tensor, cfg: DataFreeConfig) -> torch.Tensor:
-    """norm + diversity (max cosine to another sample) + beta*HW*(rho(mean_c) + rho(std_c - 1)) on standardised maps h."""
+    """norm + diversity (max cosine to another sample) + beta*HW*(rho(mean_c) + rho(std_c - 1)) on standardised maps h.
+
+    As the reference: population std over samples and positions; the cosine of a sample with itself is
+    replaced by -100, so a lone sample (IPC 1) contributes -100 to the diversity sum.
+    """
     flat = torch.nn.functional.normalize(h.flatten(1), dim=1)
-    cos = flat @ flat.T
-    cos = cos - 3 * torch.eye(len(h), device=h.device)  # exclude k == j from the max
-    diversity = cos.max(dim=1).values.sum() if len(h) > 1 else h.new_zeros(())
+    eye = torch.eye(len(h), device=h.device)
+    cos = (flat @ flat.T) * (1 - eye) + DIAGONAL * eye
+    diversity = cos.max(dim=1).values.sum()
     per_c = h.transpose(0, 1).flatten(1)
     hw = h.shape[2] * h.shape[3]
-    correction = 1 if per_c.shape[1] > 1 else 0  # one sample at 1x1 maps (IPC 1, tiny latents): std 0, not NaN
-    moments = rho(per_c.mean(1)).sum() + rho(per_c.std(1, correction=correction) - 1).sum()
+    moments = rho(per_c.mean(1)).sum() + rho(per_c.std(1, correction=0) - 1).sum()
     return norm_loss(eps) + cfg.diversity_weight * diversity + cfg.beta * hw * moments
 
 
@@ -78,6 +84,7 @@ def datafree_class(
 ) -> tuple[torch.Tensor, list[StepRecord]]:
     """Synthesise n samples of one class without real data."""
     nopt.validate()
+    RandomFeatureNet.check_input(backend.sample_shape)
     stats = template_stats(backend, label, phi, cfg, generator)
     x_T, step_noise = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
 

@@ -67,6 +67,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # ours: the cross-architecture check on small images; a ResNet-18 step at batch 64 costs ~2.8 s on one
     # core of the 2-core VM, so the batch is halved (same step table: 500 steps for an IPC 10 set)
     "cpu-resnet18": EvalProtocol(arch="resnet18", width=None, batch_size=32),
+    # ours: cpu-small with BatchNorm in place of instance norm, the normalisation most users' networks have
+    "cpu-bn-convnet": EvalProtocol(arch="convnet3-bn"),
     # METHOD.md section 5, ImageNette/ImageWoof: ResNetAP-10 at 224 px, AdamW 1e-3, wd 0.01, batch 64,
     # CutMix p 1, epochs 3000/2000/1500/1000/500 for IPC 1/<=10/<=50/<=200/>200
     "imagenet-subset": EvalProtocol(

@@ -9,13 +9,16 @@ from torch import nn
 from .errors import DscoError
 
 FEATURE_GROUPS = 16
+LEAKY_SLOPE = 0.01  # the authors' extractor uses nn.LeakyReLU(), PyTorch's default slope
+MIN_INPUT_SIZE = 8  # three 4x4 stride-2 convolutions (padding 1) need at least 8x8: 8 -> 4 -> 2 -> 1
 
 
 class RandomFeatureNet(nn.Module):
     """Conv3x3(C->w), then three grouped Conv4x4/2 doubling the width; 8*w features after pooling.
 
-    The reference uses w = 256 (2048 features); the weights come from `seed` alone, so a class's
-    net is the same in every process and on resume.
+    The reference uses w = 256 (2048 features) and LeakyReLU(0.01), no activation after the last
+    convolution; the weights come from `seed` alone, so a class's net is the same in every process
+    and on resume.
     """
 
     def __init__(self, in_channels: int, width: int = 256, seed: int = 0, groups: int = FEATURE_GROUPS):
@@ -24,9 +27,9 @@ class RandomFeatureNet(nn.Module):
             raise DscoError(f"feature width {width} must be a positive multiple of {groups}")
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(0.2),
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Conv2d(w, 2 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, groups=groups), nn.LeakyReLU(LEAKY_SLOPE),
             nn.Conv2d(4 * w, 8 * w, 4, 2, 1, groups=groups),
         )
         g = torch.Generator().manual_seed(seed)
@@ -37,6 +40,14 @@ class RandomFeatureNet(nn.Module):
                 nn.init.uniform_(m.bias, -bound, bound, generator=g)
         self.requires_grad_(False).eval()
         self.num_features = 8 * w
+
+    @staticmethod
+    def check_input(shape: tuple[int, ...], what: str = "the model's samples") -> None:
+        """Refuse, before any work, inputs too small for the three stride-2 convolutions."""
+        h, w = shape[-2:]
+        if min(h, w) < MIN_INPUT_SIZE:
+            raise DscoError(f"the random feature net needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, "
+                            f"but {what} are {h}x{w}: use a model with larger samples (or latents)")
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """Feature maps before pooling (N, 8w, h, w)."""

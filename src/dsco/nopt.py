@@ -43,6 +43,7 @@ class NOptConfig:
     latin_hypercube: bool = True
     steps_fraction: float = 1.0  # optimise only this fraction of the steps (ours)
     steps_start: float = 0.0  # ... starting this fraction of the steps in (0 = from the noisiest; ours)
+    std_floor: float = 0.0  # floor the targets' per-feature std at this x its median (ours; 0 = off, the reference)
 
     def optimised_steps(self, steps: int) -> int:
         """How many of `steps` sampling steps get their noise optimised."""
@@ -70,22 +71,52 @@ class NOptConfig:
 
 # ---- pure pieces ---------------------------------------------------------------------------
 
-def latin_hypercube_normal(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """n samples of N(0, I) stratified per dimension: the n values are Phi^-1((perm_i + 0.5) / n)."""
+LHS_EPS = 1e-7  # the authors clamp the stratified uniforms to [eps, 1 - eps] before the normal quantile
+
+
+def latin_hypercube_normal(n: int, shape: tuple[int, ...], generator: torch.Generator, midpoints: bool = True) -> torch.Tensor:
+    """n samples of N(0, I) stratified per dimension: the n values are Phi^-1((perm_i + u) / n).
+
+    `midpoints` (x_T in the reference): u = 1/2. Otherwise (the reference's target noise) u ~ U(0, 1)
+    inside each stratum, so every draw is exactly N(0, 1) and only the strata are shared.
+    """
     d = math.prod(shape)
     perm = torch.argsort(torch.rand(d, n, generator=generator), dim=1).T  # (n, d), a permutation per dim
-    u = (perm.to(torch.float64) + 0.5) / n
-    return (torch.special.ndtri(u)).to(torch.float32).reshape(n, *shape)
+    offset = 0.5 if midpoints else torch.rand(n, d, generator=generator, dtype=torch.float64)
+    u = ((perm.to(torch.float64) + offset) / n).clamp(LHS_EPS, 1 - LHS_EPS)
+    return torch.special.ndtri(u).to(torch.float32).reshape(n, *shape)
 
 
 def stratified_target_noise(m: int, k: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """(k, m, ...) noises for m targets: Latin-hypercube over the k draws of each target.
+    """(k, m, ...) noises for m targets: a Latin hypercube with random offsets over the k draws of each target."""
+    return torch.stack([latin_hypercube_normal(k, shape, generator, midpoints=False) for _ in range(m)], 1)
 
-    With k = 1 the stratified draw would be the zero vector (the median), so plain N(0, I) is used.
+
+def target_noising_plan(m: int, k: int, n: int, generator: torch.Generator) -> tuple[int, torch.Tensor]:
+    """How the reference noises m real targets for n samples: (draws per target, extra target indices).
+
+    Each target gets k stratified draws, then more plain draws while m x draws < n; then randomly chosen
+    targets get one more plain draw each until the total is a multiple of n, so the n pivot blocks are
+    equal. The extras are whole passes over the targets plus a random subset.
     """
-    if k == 1:
-        return torch.randn((1, m, *shape), generator=generator)
-    return torch.stack([latin_hypercube_normal(k, shape, generator) for _ in range(m)], 1)
+    draws = k
+    while m * draws < n:
+        draws += 1
+    fill = (-(m * draws)) % n
+    extra = [torch.arange(m)] * (fill // m) + [torch.randperm(m, generator=generator)[: fill % m]]
+    return draws, torch.cat(extra)
+
+
+def noised_targets(backend: DiffusionBackend, z0: torch.Tensor, t: int, n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """The real targets z0 noised to level t as the reference does at every step (fresh noise each step)."""
+    m, shape = len(z0), tuple(z0.shape[1:])
+    draws, extra = target_noising_plan(m, k, n, generator)
+    noise = [stratified_target_noise(m, k, shape, generator).flatten(0, 1)]
+    noise += [torch.randn((m, *shape), generator=generator) for _ in range(draws - k)]
+    noise.append(torch.randn((len(extra), *shape), generator=generator))
+    dev = z0.device
+    z = torch.cat([z0.repeat(draws, *[1] * len(shape)), z0[extra.to(dev)]])
+    return backend.q_sample(z, t, torch.cat(noise).to(dev))
 
 
 def rho(a: torch.Tensor) -> torch.Tensor:
@@ -117,15 +148,16 @@ def standardise(f: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tens
     return (f - m) / s
 
 
-def feature_std(f: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
-    """Per-feature std, floored at `floor` x the median std so a near-constant feature cannot blow up the loss (ours)."""
-    s = f.std(0)
-    return s.clamp_min(max(floor * s.median().item(), 1e-8))
+def feature_std(f: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """Per-feature population std (the reference's `unbiased=False`); with `floor` > 0 (ours, off by
+    default) floored at floor x the median std so a near-constant feature cannot blow up the loss."""
+    s = f.std(0, correction=0)
+    return s.clamp_min(floor * s.median().item()) if floor > 0 else s
 
 
 def make_optimizer(eps: torch.Tensor, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     """SGD with momentum (reference), or Adam with beta1 = momentum: per-pixel step sizes, so a few
-    iterations go as far as many SGD ones (ours; the --schedule quick preset)."""
+    iterations go as far as many SGD ones (ours; the --schedule budget preset)."""
     if name == "adam":
         return torch.optim.Adam([eps], lr=lr, betas=(momentum, 0.99))
     return torch.optim.SGD([eps], lr=lr, momentum=momentum)
@@ -183,7 +215,7 @@ def target_loss(phi: RandomFeatureNet, zt: torch.Tensor, n: int, cfg: NOptConfig
     """One step's loss: phi's features of n samples matched to those of the noised real targets zt
     (both standardised by the targets' statistics), plus the noise-norm term."""
     f = phi.batched(zt)
-    m, s = f.mean(0), feature_std(f)
+    m, s = f.mean(0), feature_std(f, cfg.std_floor)
     fs = standardise(f, m, s)
     if cfg.loss == "quantile":
         piv = pivots(fs, n)
@@ -242,21 +274,22 @@ def nopt_class(
 ) -> tuple[torch.Tensor, list[StepRecord]]:
     """Synthesise n samples of one class (model space) whose features match the real class's."""
     cfg.validate()
+    RandomFeatureNet.check_input(backend.sample_shape)
     if cfg.max_targets is not None and len(real_z0) > cfg.max_targets:
         real_z0 = real_z0[torch.randperm(len(real_z0), generator=generator)[: cfg.max_targets]]
-    if len(real_z0) * cfg.k_noises < n:
-        raise DscoError(f"class {class_name}: {len(real_z0)} real targets x K={cfg.k_noises} is fewer than IPC {n}")
+    if len(real_z0) == 0:
+        raise DscoError(f"class {class_name}: no real targets")
     shape = backend.sample_shape
     x_T = latin_hypercube_normal(n, shape, generator) if cfg.latin_hypercube else torch.randn((n, *shape), generator=generator)
     step_noise = torch.randn((len(backend.timesteps), n, *shape), generator=generator)
     dev = device_of(backend)
     phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed).to(dev)
     ts = backend.timesteps
-    z = real_z0.to(dev).repeat(cfg.k_noises, 1, 1, 1)
-    z_noise = stratified_target_noise(len(real_z0), cfg.k_noises, shape, generator).to(dev).flatten(0, 1)
+    z0 = real_z0.to(dev)
 
     def make_loss(i: int, t: int) -> LossFn:
         t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)
-        return target_loss(phi, z if t_target is None else backend.q_sample(z, t_target, z_noise), n, cfg)
+        zt = z0 if t_target is None else noised_targets(backend, z0, t_target, n, cfg.k_noises, generator)
+        return target_loss(phi, zt, n, cfg)
 
     return steered_sampling(backend, label, x_T, step_noise, make_loss, cfg, class_name, progress)

@@ -97,7 +97,7 @@ def _read_image(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DscoError(f"corrupt or unreadable image {path}: {e}") from e
 
 

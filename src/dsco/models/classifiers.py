@@ -14,13 +14,18 @@ def _instance_norm(c: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """The distillation field's ConvNet: depth x [conv3x3(width), instance norm, ReLU, avgpool2], linear."""
+    """The distillation field's ConvNet: depth x [conv3x3(width), norm, ReLU, avgpool2], linear.
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128):
+    The norm is instance norm (the field's choice); `norm=nn.BatchNorm2d` gives the BatchNorm variant most
+    users train, whose running statistics expose a set whose low-level statistics differ from real images'.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128,
+                 norm: Callable[[int], nn.Module] = _instance_norm):
         super().__init__()
         layers, c, s = [], in_channels, image_size
         for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1), _instance_norm(width), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c, width, 3, padding=1), norm(width), nn.ReLU(inplace=True)]
             if s >= 2:
                 layers.append(nn.AvgPool2d(2))
                 s //= 2
@@ -58,6 +63,7 @@ def _resnet(in_channels: int, num_classes: int, image_size: int, layers: list[in
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "convnet3": lambda c, k, s, width=128: ConvNet(c, k, s, 3, width),
     "convnet6": lambda c, k, s, width=128: ConvNet(c, k, s, 6, width),
+    "convnet3-bn": lambda c, k, s, width=128: ConvNet(c, k, s, 3, width, nn.BatchNorm2d),
     "resnet18": lambda c, k, s, width=None: _resnet(c, k, s, [2, 2, 2, 2], False, nn.BatchNorm2d),
     "resnetap10": lambda c, k, s, width=None: _resnet(c, k, s, [1, 1, 1, 1], True, _instance_norm),
 }

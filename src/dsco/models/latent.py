@@ -24,17 +24,23 @@ from .diffusion import RespacedSchedule, guided
 VAE_SCALE = 0.18215  # SD-VAE latent scale used by DiT
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 DEFAULT_GUIDANCE = 4.0
+DIT_GUIDED_CHANNELS = 3  # DiT's forward_with_cfg guides eps[:, :3] only, whatever the latent's channels
+DIT_LAYER_NORM_EPS = 1e-6  # every LayerNorm in DiT's models.py
 HEADS_BY_WIDTH = {1152: 16, 1024: 16, 768: 12, 384: 6}  # DiT-XL, -L, -B, -S
+EMBEDDINGS = ("dit", "diffusers")
 
 
 def dit_timesteps(num_train: int, num_steps: int) -> tuple[int, ...]:
-    """DiT's `space_timesteps(T, "S")`: S steps spread evenly over 0..T-1 (both ends kept), descending."""
+    """DiT's `space_timesteps(T, "S")` (one section), descending: a fractional stride (T-1)/(S-1)
+    accumulated from 0 and rounded at each step with Python's round (ties to even); S = 1 keeps step 0."""
     if not 1 <= num_steps <= num_train:
         raise DscoError(f"sampling steps must be in 1..{num_train}, got {num_steps}")
-    if num_steps == 1:
-        return (num_train - 1,)
-    stride = (num_train - 1) / (num_steps - 1)
-    return tuple(sorted({round(i * stride) for i in range(num_steps)}, reverse=True))
+    stride = 1.0 if num_steps == 1 else (num_train - 1) / (num_steps - 1)
+    taken, position = set(), 0.0
+    for _ in range(num_steps):
+        taken.add(round(position))
+        position += stride
+    return tuple(sorted(taken, reverse=True))
 
 
 def alphas_cumprod_from(config: dict) -> torch.Tensor:
@@ -68,7 +74,10 @@ def dit_config_from_checkpoint(state: dict[str, torch.Tensor], num_heads: Option
     except KeyError as e:
         raise DscoError(f"not a DiT checkpoint: key {e.args[0]!r} missing") from None
     hidden, in_ch, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
-    heads = num_heads or HEADS_BY_WIDTH.get(hidden) or max(1, hidden // 64)
+    heads = num_heads or HEADS_BY_WIDTH.get(hidden)
+    if heads is None:
+        known = ", ".join(str(w) for w in sorted(HEADS_BY_WIDTH))
+        raise DscoError(f"DiT width {hidden} is not a DiT-S/B/L/XL width ({known}): pass --num-heads")
     if hidden % heads:
         raise DscoError(f"DiT width {hidden} is not divisible by {heads} heads")
     if latent_size is None:
@@ -201,6 +210,21 @@ def save_dit(transformer: DiTTransformer2DModel, vae: AutoencoderKL, out: str | 
 
 # ---- the backend --------------------------------------------------------------------------
 
+def set_embedding_constants(transformer: DiTTransformer2DModel, embedding: str = "dit") -> None:
+    """Make diffusers' DiT module compute DiT's function (`embedding="dit"`), or diffusers' own ("diffusers").
+
+    Two constants differ, and the weights are the same either way: DiT's `TimestepEmbedder.timestep_embedding`
+    uses frequencies exp(-ln(10^4) * i / half) (diffusers' `Timesteps(downscale_freq_shift=1)` divides by
+    half - 1), and DiT's pre-MLP `norm2` is LayerNorm(eps=1e-6) where diffusers' `norm3` takes `norm_eps` (1e-5).
+    """
+    if embedding not in EMBEDDINGS:
+        raise DscoError(f"unknown DiT embedding {embedding!r}: valid names are {', '.join(EMBEDDINGS)}")
+    dit = embedding == "dit"
+    for block in transformer.transformer_blocks:
+        block.norm1.emb.time_proj.downscale_freq_shift = 0 if dit else 1
+        block.norm3.eps = DIT_LAYER_NORM_EPS if dit else float(transformer.config.norm_eps)
+
+
 class LatentBackend:
     """DiT + VAE as a `DiffusionBackend`: model space = VAE latents x 0.18215."""
 
@@ -218,8 +242,11 @@ class LatentBackend:
         device: Optional[str | torch.device] = None,
         id2label: Optional[dict[int, str]] = None,
         vae_batch: int = 16,
+        embedding: str = "dit",
     ):
+        """`guidance_channels` None = DiT's 3; `embedding` "dit" sets the module to DiT's constants (in place)."""
         cfg = transformer.config
+        set_embedding_constants(transformer, embedding)
         self.device = torch.device(device) if device else local_device()
         # eval() matters: in training mode DiT drops class labels at random (its CFG training)
         self.transformer = transformer.to(self.device).eval().requires_grad_(False)
@@ -227,7 +254,7 @@ class LatentBackend:
         self.guidance, self.bf16, self.vae_batch = guidance, bf16, vae_batch
         self.num_classes = int(cfg.num_embeds_ada_norm)
         self.channels = int(cfg.in_channels)
-        self.guidance_channels = guidance_channels or self.channels
+        self.guidance_channels = min(guidance_channels or DIT_GUIDED_CHANNELS, self.channels)
         self.learned_sigma = int(cfg.out_channels or cfg.in_channels) == 2 * self.channels
         self.sample_shape = (self.channels, int(cfg.sample_size), int(cfg.sample_size))
         self.image_size = int(cfg.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
@@ -239,8 +266,9 @@ class LatentBackend:
         self.id2label = id2label or {}
 
     @classmethod
-    def load(cls, source: str | Path, num_steps: int = 50, guidance: float = DEFAULT_GUIDANCE, vae: Optional[str] = None, **kw) -> "LatentBackend":
-        transformer, vae_model, abar, id2label = load_dit(source, vae)
+    def load(cls, source: str | Path, num_steps: int = 50, guidance: float = DEFAULT_GUIDANCE, vae: Optional[str] = None,
+             num_heads: Optional[int] = None, **kw) -> "LatentBackend":
+        transformer, vae_model, abar, id2label = load_dit(source, vae, num_heads)
         return cls(transformer, vae_model, abar, num_steps, guidance, id2label=id2label, **kw)
 
     def _forward(self, x: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
@@ -249,7 +277,8 @@ class LatentBackend:
             return self.transformer(x, timestep=tt, class_labels=y).sample.float()
 
     def model_output(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Guided eps and (learned sigma) the conditional branch's variance values v in [-1, 1]."""
+        """Guided eps (the first `guidance_channels` guided, the rest the conditional branch's, as DiT's
+        forward_with_cfg) and, with a learned sigma, the conditional branch's variance values v."""
         n, c, gc = len(x_t), self.channels, self.guidance_channels
         y = y.to(self.device)
         if self.guidance == 1.0:
@@ -266,7 +295,7 @@ class LatentBackend:
         if v is None or float(sigma) == 0.0:
             return mu, sigma
         beta, post_var = self.schedule.step_variances(t)
-        frac = (v.clamp(-1, 1) + 1) / 2  # DiT's learned range between the posterior variance and beta
+        frac = (v + 1) / 2  # DiT's learned range between the posterior variance and beta, v unclamped as in DiT
         log_var = frac * math.log(beta) + (1 - frac) * math.log(post_var)
         return mu, torch.exp(0.5 * log_var)
 

@@ -32,6 +32,8 @@ def load_backend(
     bf16: bool = False,
     guidance_channels: Optional[int] = None,
     device: Optional[str] = None,
+    num_heads: Optional[int] = None,
+    embedding: str = "dit",
 ) -> DiffusionBackend:
     """A pixel model directory -> PixelBackend; a DiT directory, checkpoint file or hub id -> LatentBackend."""
     from .latent import LatentBackend, is_dit_source
@@ -41,7 +43,8 @@ def load_backend(
     if is_pixel_model(source):
         return PixelBackend.load(source, num_steps, g)
     if is_dit_source(source):
-        return LatentBackend.load(source, num_steps, g, vae=vae, bf16=bf16, guidance_channels=guidance_channels, device=device)
+        return LatentBackend.load(source, num_steps, g, vae=vae, num_heads=num_heads, bf16=bf16,
+                                  guidance_channels=guidance_channels, device=device, embedding=embedding)
     if not Path(source).exists():
         raise DscoError(f"model path {source} does not exist")
     raise DscoError(

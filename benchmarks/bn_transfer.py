@@ -1,0 +1,91 @@
+"""Why a BatchNorm network trained on generated digits fails on real ones: measure, per generator and sampler setting.
+
+For each model directory and sampler variant, plain class-conditional sampling makes an IPC set per synthesis
+seed; the script reports the set's low-level pixel statistics next to a random real subset's (share of exactly
+black pixels, background level, stroke level) and the test accuracy of the instance-norm ConvNet-3 (cpu-small)
+and of the same ConvNet with BatchNorm (cpu-bn-convnet) trained on it.
+
+    OMP_NUM_THREADS=1 python benchmarks/bn_transfer.py --models src/dsco/assets/mnist5k runs/gen-a/snapshots/step-009000 \
+        --out benchmarks/results/mnist5k/bn_transfer.json
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from dsco.bench import machine
+from dsco.data import ImageSet, load_dataset
+from dsco.evaluate import evaluate_set, protocol_named
+from dsco.fsio import atomic_write_json
+from dsco.models.diffusion import plain_sample
+from dsco.models.pixel import PixelBackend
+
+
+def pixel_stats(images: torch.Tensor) -> dict:
+    """Low-level statistics a BatchNorm network's running statistics see (images in [0, 1])."""
+    q = (images * 255).round() / 255  # as the PNGs of an output set hold them
+    flat = q.flatten(1)
+    dark = flat <= 0.1
+    bright = flat >= 0.5
+    return {
+        "exact_zero": round((flat == 0).float().mean().item(), 4),
+        "background_mean": round(flat[dark].mean().item(), 4),
+        "stroke_mean": round(flat[bright].mean().item(), 4) if bright.any() else None,
+        "stroke_share": round(bright.float().mean().item(), 4),
+        "mean": round(flat.mean().item(), 4),
+        "std": round(flat.std().item(), 4),
+    }
+
+
+def synthetic_set(backend: PixelBackend, ipc: int, seed: int, classes: list[str]) -> ImageSet:
+    xs, ys = [], []
+    for label in range(backend.num_classes):
+        g = torch.Generator().manual_seed(seed * 1000 + label)
+        xs.append(backend.decode(plain_sample(backend, label, ipc, g)))
+        ys.append(torch.full((ipc,), label))
+    return ImageSet((torch.cat(xs) * 255).round() / 255, torch.cat(ys), classes, "synthetic")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=2, help="synthesis seeds per cell")
+    p.add_argument("--runs", type=int, default=2, help="classifier seeds per set")
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--protocols", default="cpu-small,cpu-bn-convnet")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    protocols = a.protocols.split(",")
+    rows: list[dict] = []
+
+    def record(name: str, sets: list[ImageSet]) -> None:
+        row: dict = {"set": name, "stats": pixel_stats(torch.cat([s.images for s in sets]))}
+        for proto in protocols:
+            accs = [acc for s in sets for acc in evaluate_set(s, test, protocol_named(proto), runs=a.runs, progress=False)["accs"]]
+            row[proto] = {"mean": round(100 * statistics.fmean(accs), 2), "std": round(100 * statistics.stdev(accs), 2), "accs": accs}
+        rows.append(row)
+        print(name, row["stats"], {k: row[k]["mean"] for k in protocols}, flush=True)
+        atomic_write_json(a.out, {"benchmark": "bn_transfer", "ipc": a.ipc, "seeds": a.seeds, "runs": a.runs,
+                                  "guidance": a.guidance, "machine": machine(), "command": " ".join(["python", *sys.argv]),
+                                  "test_stats": pixel_stats(test.images), "rows": rows})
+
+    real = []
+    for seed in range(a.seeds):
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.cat([torch.nonzero(train.labels == c).flatten()[torch.randperm(int((train.labels == c).sum()), generator=g)[: a.ipc]]
+                         for c in range(train.num_classes)])
+        real.append(ImageSet(train.images[idx], train.labels[idx], train.class_names, "random"))
+    record("random real", real)
+    for model in a.models:
+        backend = PixelBackend.load(model, num_steps=50, guidance=a.guidance)
+        record(str(Path(model)), [synthetic_set(backend, a.ipc, seed, train.class_names) for seed in range(a.seeds)])
+
+
+if __name__ == "__main__":
+    main()
