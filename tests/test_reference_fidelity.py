@@ -257,3 +257,15 @@ def test_data_free_loss_masks_self_similarity_like_the_reference():
     norm = (eps1.norm(dim=1) - 4).abs() + (eps1.norm(dim=1) - 4) ** 2
     expected = norm.sum() + 10 * -100.0 + 1e-3 * 4 * moments  # a lone sample's diversity is the -100 mask
     assert torch.allclose(datafree_loss(h1, eps1, cfg), expected, rtol=1e-5)
+
+
+def test_our_std_floor_is_an_option_recorded_in_the_manifest(tmp_path, folder, tiny_model_dir):
+    from dsco.cli import main
+    from dsco.outputset import read_manifest
+
+    assert main(["concentrate", "--dataset", str(folder), "--model", str(tiny_model_dir), "--ipc", "2", "--sampling-steps", "3",
+                 "--iterations", "1", "--feature-width", "16", "--std-floor", "0.1", "--out", str(tmp_path / "o")]) == 0
+    assert read_manifest(tmp_path / "o")["config"]["nopt"]["std_floor"] == 0.1
+    f = torch.randn(50, 8)
+    f[:, 0] = 1.0
+    assert feature_std(f, 0.1)[0] > 0 and feature_std(f)[0] == 0

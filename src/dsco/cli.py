@@ -68,7 +68,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     schedule = a.schedule or default_schedule(a.dataset)
     nopt = nopt_preset(schedule)
     overrides = {k: getattr(a, k) for k in ("loss", "optimizer", "iterations", "lr", "momentum", "k_noises", "target_offset",
-                                             "feature_width", "max_targets", "early_stop", "steps_fraction", "steps_start")
+                                             "feature_width", "max_targets", "early_stop", "steps_fraction", "steps_start", "std_floor")
                  if getattr(a, k, None) is not None}
     doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
                           selector=a.selector, teacher=a.teacher)
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--feature-width", type=int, default=None, help="phi width (256 = 2048 features)")
         c.add_argument("--max-targets", type=int, default=None, help="cap on real targets per class")
         c.add_argument("--early-stop", type=int, default=None, help="patience in iterations (0 = off)")
+        c.add_argument("--std-floor", type=float, default=None, help="floor the targets' per-feature std at this "
+                       "times its median (ours; 0 = off, the reference)")
         c.add_argument("--steps-fraction", type=float, default=None, help="optimise only this fraction of the steps")
         c.add_argument("--steps-start", type=float, default=None, help="... starting this fraction of the steps in "
                        "(default 0: from the noisiest step)")
