@@ -21,7 +21,7 @@ from dsco.bench import machine
 from dsco.data import ImageSet, load_dataset
 from dsco.evaluate import evaluate_set, protocol_named
 from dsco.fsio import atomic_write_json
-from dsco.models.diffusion import plain_sample
+from dsco.generator_metrics import sample_set
 from dsco.models.pixel import PixelBackend
 
 
@@ -39,15 +39,6 @@ def pixel_stats(images: torch.Tensor) -> dict:
         "mean": round(flat.mean().item(), 4),
         "std": round(flat.std().item(), 4),
     }
-
-
-def synthetic_set(backend: PixelBackend, ipc: int, seed: int, classes: list[str]) -> ImageSet:
-    xs, ys = [], []
-    for label in range(backend.num_classes):
-        g = torch.Generator().manual_seed(seed * 1000 + label)
-        xs.append(backend.decode(plain_sample(backend, label, ipc, g)))
-        ys.append(torch.full((ipc,), label))
-    return ImageSet((torch.cat(xs) * 255).round() / 255, torch.cat(ys), classes, "synthetic")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     record("random real", real)
     for model in a.models:
         backend = PixelBackend.load(model, num_steps=50, guidance=a.guidance)
-        record(str(Path(model)), [synthetic_set(backend, a.ipc, seed, train.class_names) for seed in range(a.seeds)])
+        record(str(Path(model)), [sample_set(backend, a.ipc, seed, train.class_names) for seed in range(a.seeds)])
 
 
 if __name__ == "__main__":

@@ -90,10 +90,13 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     cfg = BenchConfig(dataset=str(folder), test_dataset=str(test_folder), out=str(tmp_path / "b"), ipcs=[1, 2],
                       methods=["random", "diffusion"], runs=2, model=str(tiny_model_dir), protocol=QUICK, schedule="budget",
                       curve=True, budgets=[0.2, 0.5], curve_synthetic_ipc=1, curve_synthetic_max_budget=0.2,
-                      command="test")
+                      command="test", bn_protocol=replace(QUICK, arch="convnet3-bn"), generator_samples=6)
     out = bench(cfg)
     r = json.loads((out / "results.json").read_text())
     validate_results(r)
+    assert {(c["method"], c["ipc"], c["arch"]) for c in r["bn"]["cells"]} == {(m, i, "convnet3-bn") for m in ("random", "diffusion") for i in (1, 2)}
+    assert r["generator"]["overall"]["n_fake"] == 18 and 0 <= r["generator"]["overall"]["coverage"] <= 1
+    assert "(BatchNorm)" in (out / "results.md").read_text() and "Fréchet distance" in (out / "results.md").read_text()
     assert {(c["method"], c["ipc"]) for c in r["cells"]} == {(m, i) for m in ("random", "diffusion") for i in (1, 2)}
     assert {c["method"] for c in r["curve"]} == {"dsco-doping", "dsco", "random"}
     dsco_set = read_manifest(next((out / "sets").glob("dsco-*")))["config"]

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 import torch
 
-from .concentrate import METHODS, ConcentrateConfig, concentrate, determining, with_later_defaults
+from .concentrate import DIFFUSION_METHODS, METHODS, ConcentrateConfig, concentrate, determining, with_later_defaults
 from .data import load_dataset
 from .doping import DopingConfig
 from .errors import DscoError
-from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
+from .evaluate import PROTOCOLS, EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
 from .fsio import atomic_write_bytes, atomic_write_json
 from .outputset import load_output_set, read_manifest
 
@@ -53,6 +53,10 @@ class BenchConfig:
     cross_protocol: Optional[EvalProtocol] = None
     cross_ipc: int = 10
     cross_methods: list[str] = field(default_factory=lambda: ["dsco", "random", "diffusion"])
+    # every grid set evaluated again with a BatchNorm network (None = skip): most users' networks normalise by batch
+    bn_protocol: Optional[EvalProtocol] = field(default_factory=lambda: PROTOCOLS["cpu-bn-convnet"])
+    # generator metrics of the model's plain samples (this many per class) against the test split; 0 = skip
+    generator_samples: int = 100
 
 
 def machine() -> str:
@@ -158,6 +162,35 @@ class _Bench:
 
         return self.cached(f"cross-{p.arch}-{key}", compute, determining(cc), protocol=p)
 
+    def bn_cell(self, method: str, ipc: int) -> Optional[dict]:
+        """The set of cell (method, ipc), evaluated with the BatchNorm protocol (hard labels)."""
+        p = self.cfg.bn_protocol
+        assert p is not None
+        key, cc = self.grid_set(method, ipc)
+
+        def compute() -> dict:
+            r = self.evaluate(self.make_set(cc), protocol=p)
+            return {"method": method, "ipc": ipc, "arch": p.arch, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
+
+        return self.cached(f"bn-{p.arch}-{key}", compute, determining(cc), protocol=p)
+
+    def generator(self) -> Optional[dict]:
+        """Fréchet distance, precision / recall, density / coverage and fidelity of the model's plain samples."""
+        from .concentrate import default_model_dir
+        from .generator_metrics import generator_metrics
+        from .models.loading import load_backend
+
+        model = str(self.cfg.model or default_model_dir(self.cfg.dataset))
+        n = self.cfg.generator_samples
+
+        def compute() -> dict:
+            tc = TeacherConfig(self.cfg.dataset, self.cfg.seed, self.cfg.protocol)
+            teacher = ensure_teacher(self.teacher_dir, self.train, lambda: self.test, tc, progress=False)
+            name = f"teacher: {self.cfg.protocol.arch} (width {self.cfg.protocol.width}) trained on the train split, penultimate features"
+            return generator_metrics(load_backend(model), self.test, teacher, name, n, self.cfg.seed)
+
+        return self.cached("generator", compute, {"model": model, "per_class": n, "seed": self.cfg.seed})
+
     def curve_row(self, method: str, budget: float, labels: str) -> Optional[dict]:
         n_total = round(budget * len(self.train))
         c = self.train.num_classes
@@ -206,6 +239,12 @@ def bench(cfg: BenchConfig) -> Path:
     cross = []
     if cfg.cross_protocol is not None:
         cross = [c for m in cfg.cross_methods if (c := b.cross_cell(m, cfg.cross_ipc)) is not None]
+    bn = []
+    if cfg.bn_protocol is not None:
+        bn = [c for ipc in cfg.ipcs for m in cfg.methods if (c := b.bn_cell(m, ipc)) is not None]
+    generator = None
+    if cfg.generator_samples and any(m in DIFFUSION_METHODS for m in cfg.methods):
+        generator = b.generator()
     results = {
         "dataset": cfg.dataset, "arch": cfg.protocol.arch, "runs": cfg.runs, "machine": machine(),
         "command": cfg.command, "seconds": round(time.time() - t0, 1), "protocol": asdict(cfg.protocol),
@@ -213,6 +252,10 @@ def bench(cfg: BenchConfig) -> Path:
     }
     if cfg.cross_protocol is not None:
         results["cross_arch"] = {"protocol": asdict(cfg.cross_protocol), "ipc": cfg.cross_ipc, "rows": cross}
+    if cfg.bn_protocol is not None:
+        results["bn"] = {"protocol": asdict(cfg.bn_protocol), "cells": bn}
+    if generator is not None:
+        results["generator"] = generator
     validate_results(results)
     out = Path(cfg.out)
     atomic_write_json(out / "results.json", results)
@@ -257,10 +300,36 @@ def render_table(r: dict[str, Any]) -> str:
             lines.append(f"| {m} | {lab} | " + " | ".join(vals) + " |")
         lines += ["", "Lossless point (smallest budget within one std of full data): " +
                   ", ".join(f"{k}: {'none' if v is None else f'{v:.0%}'}" for k, v in r["lossless_point"].items())]
+    if r.get("bn") and r["bn"]["cells"]:
+        lines += render_bn(r)
+    if r.get("generator"):
+        g = r["generator"]["overall"]
+        lines += ["", f"Generator ({r['generator']['per_class_samples']} plain samples per class vs the test split; "
+                  f"{r['generator']['feature_net']}): Fréchet distance {g['fd']:.2f}, precision {g['precision']:.3f}, "
+                  f"recall {g['recall']:.3f}, density {g['density']:.3f}, coverage {g['coverage']:.3f}, "
+                  f"class fidelity {g['fidelity']:.1%}"]
     if r.get("cross_arch") and r["cross_arch"]["rows"]:
         lines += render_cross(r)
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def render_bn(r: dict[str, Any]) -> list[str]:
+    """The BatchNorm network's accuracy on every grid set, and its gap to the main protocol's."""
+    arch = r["bn"]["protocol"]["arch"]
+    ipcs = sorted({c["ipc"] for c in r["bn"]["cells"]})
+    main = {(c["method"], c["ipc"]): c["mean"] for c in r["cells"]}
+    by = {(c["method"], c["ipc"]): c for c in r["bn"]["cells"]}
+    lines = ["", f"The same sets trained with {arch} (BatchNorm): accuracy (%) and, in brackets, minus {r['arch']}'s", "",
+             "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    for m in dict.fromkeys(c["method"] for c in r["bn"]["cells"]):
+        vals = []
+        for i in ipcs:
+            c = by.get((m, i))
+            gap = f" ({(c['mean'] - main[(m, i)]) * 100:+.2f})" if c and (m, i) in main else ""
+            vals.append(f"{c['mean'] * 100:.2f} ± {c['std'] * 100:.2f}{gap}" if c else "–")
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def ranking(scores: dict[str, float]) -> list[str]:

@@ -156,6 +156,8 @@ def _bench(a: argparse.Namespace) -> None:
         curve_synthetic_max_budget=a.curve_synthetic_max_budget, command=" ".join(["dsco", *sys.argv[1:]]),
         cached_only=a.cached_only, cross_protocol=protocol_named(a.cross_protocol) if a.cross_protocol else None,
         cross_ipc=a.cross_ipc, cross_methods=a.cross_methods.split(","),
+        bn_protocol=None if a.bn_protocol == "none" else protocol_named(a.bn_protocol),
+        generator_samples=a.generator_samples,
     )
     print(bench(cfg))
 
@@ -292,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "with this protocol (e.g. cpu-resnet18): the cross-architecture check")
     b.add_argument("--cross-ipc", type=int, default=10)
     b.add_argument("--cross-methods", default="dsco,random,diffusion")
+    b.add_argument("--bn-protocol", default="cpu-bn-convnet", help="evaluate every grid set again with this "
+                   "BatchNorm protocol (a column of the table); 'none' to skip")
+    b.add_argument("--generator-samples", type=int, default=100, help="plain samples per class for the generator "
+                   "metrics (Fréchet distance, precision/recall, density/coverage, fidelity); 0 to skip")
     b.set_defaults(func=_bench)
 
     v = sub.add_parser("verify", help="check an output set against its manifest")
