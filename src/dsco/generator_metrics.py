@@ -106,7 +106,7 @@ def sample_set(backend: DiffusionBackend, per_class: int, seed: int, class_names
     """Plain class-conditional samples, `per_class` of each class, quantised as an output set's PNGs are."""
     xs, ys = [], []
     for label in range(backend.num_classes):
-        g = torch.Generator().manual_seed(seed * 100_003 + label)
+        g = torch.Generator().manual_seed(seed * 1000 + label)
         xs.append(backend.decode(plain_sample(backend, label, per_class, g)).cpu())
         ys.append(torch.full((per_class,), label))
     return ImageSet((torch.cat(xs) * 255).round() / 255, torch.cat(ys), class_names, "samples")
