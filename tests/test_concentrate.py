@@ -9,7 +9,8 @@ import torch
 
 import importlib
 from dsco.cli import main
-from dsco.concentrate import METHODS, SCHEDULES, ConcentrateConfig, concentrate
+from dsco.concentrate import SCHEDULES, ConcentrateConfig, concentrate
+from dsco.methods import METHODS
 from dsco.data import ImageSet
 from dsco.doping import DopingConfig
 from dsco.errors import DscoError

@@ -13,12 +13,13 @@ from typing import Any, Optional
 
 import torch
 
-from .concentrate import DIFFUSION_METHODS, METHODS, ConcentrateConfig, concentrate, determining, with_later_defaults
+from .concentrate import ConcentrateConfig, concentrate, determining, with_later_defaults
 from .data import load_dataset
 from .doping import DopingConfig
 from .errors import DscoError
 from .evaluate import PROTOCOLS, EvalProtocol, TeacherConfig, ensure_teacher, evaluate_set
 from .fsio import atomic_write_bytes, atomic_write_json
+from .methods import DIFFUSION_METHODS, METHODS
 from .outputset import load_output_set, read_manifest
 
 CURVE_METHODS = ("dsco-doping", "dsco", "random")

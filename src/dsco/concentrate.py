@@ -15,23 +15,21 @@ import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from .baselines import SELECTORS, DMConfig, distribution_matching
+from .baselines import DMConfig
 from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids
-from .datafree import DataFreeConfig, datafree_class
+from .datafree import DataFreeConfig
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
-from .features import RandomFeatureNet
 from .fsio import atomic_write_bytes, atomic_write_json, safe_name
-from .models.diffusion import DiffusionBackend, device_of, plain_sample
+from .methods import METHOD_FIELDS, ClassTask, method_named
+from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
-from .nopt import NOptConfig, nopt_class
+from .nopt import NOptConfig
 from .outputset import FORMAT, read_images, read_manifest, write_class_images
 from .parallel import barrier, join
 
-METHODS = ("dsco", "dsco-datafree", "random", "herding", "kcenter", "diffusion", "dm")
-DIFFUSION_METHODS = ("dsco", "dsco-datafree", "diffusion")
 FEATURE_SPACES = ("pixels", "random-conv")
 SCHEDULES = ("reference", "budget")
 MNIST5K_SCHEDULE = "budget"  # the embedded default's preset: <= 2x plain sampling, the README run takes minutes
@@ -101,8 +99,7 @@ class ConcentrateConfig:
 
     def resolved(self) -> "ConcentrateConfig":
         """Validate names and ranges, and fill the NOpt knobs from the preset."""
-        if self.method not in METHODS:
-            raise DscoError(f"unknown method {self.method!r}: valid names are {', '.join(METHODS)}")
+        method_named(self.method)
         if self.feature_space not in FEATURE_SPACES:
             raise DscoError(f"unknown feature space {self.feature_space!r}: valid names are {', '.join(FEATURE_SPACES)}")
         if self.doping.selector not in DOPING_SELECTORS:
@@ -144,14 +141,10 @@ def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
             d.pop(key)
     if cfg.synthetic_set:
         d["synthetic_set_config"] = read_manifest(cfg.synthetic_set)["config"]
-    if cfg.method not in ("dsco", "dsco-datafree"):
-        d.pop("nopt")
-    if cfg.method != "dsco-datafree":
-        d.pop("datafree")
-    if cfg.method != "dm":
-        d.pop("dm")
-    if cfg.method not in ("herding", "kcenter"):
-        d.pop("feature_space")
+    used = method_named(cfg.method).config_fields
+    for key in METHOD_FIELDS:  # another method's knobs cannot change this set
+        if key not in used:
+            d.pop(key)
     if not cfg.doping.enabled:
         d.pop("doping")
         d.pop("doping_protocol")
@@ -189,12 +182,6 @@ def _datafree_class_names(cfg: ConcentrateConfig, backend: DiffusionBackend) -> 
     return [str(i) for i in range(backend.num_classes)]
 
 
-def _selection_features(images: torch.Tensor, space: str, seed: int) -> torch.Tensor:
-    if space == "pixels":
-        return images.flatten(1)
-    return RandomFeatureNet(images.shape[1], 32, seed=seed).batched(images * 2 - 1)
-
-
 class _Run:
     """State of one run: the work directory beside `out`, its finished classes, and the inputs."""
 
@@ -202,6 +189,8 @@ class _Run:
         self.cfg, self.train, self.backend, self.progress = cfg, train, backend, progress
         self.labels: list[int] = []  # the model's label per dataset class
         self.synthetic: Optional[dict[str, Any]] = None  # the --synthetic-set manifest, read once
+        self.method = method_named(cfg.method)
+        self.shared: dict[str, Any] = {}  # the method's per-run state
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
         saved = self.work / "run.json"
@@ -224,35 +213,23 @@ class _Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _synthesise_class(run: _Run, label: int, name: str, phi_shared: Optional[RandomFeatureNet]) -> tuple[torch.Tensor, list[dict], dict]:
+def _synthesise_class(run: _Run, label: int, name: str) -> tuple[torch.Tensor, list[dict], dict]:
     """One class's images in [0, 1], their manifest sources, and the class's record."""
-    cfg, backend, n = run.cfg, run.backend, run.cfg.ipc
-    g = torch.Generator().manual_seed(_class_seed(cfg.seed, label))
-    stats: dict[str, Any] = {}
+    cfg, n = run.cfg, run.cfg.ipc
     if run.synthetic is not None:
         mine = [e for e in run.synthetic["images"] if e["label"] == label and e["source"] == "synthetic"]
         if len(mine) != n:
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} has {len(mine)} synthetic images of class {name!r}, not IPC {n}")
-        stats["synthetic_set"] = cfg.synthetic_set
-        return read_images(Path(cfg.synthetic_set), mine), [{"source": "synthetic"} for _ in range(n)], stats
-    if cfg.method in DIFFUSION_METHODS:
-        y = run.labels[label]
-        if cfg.method == "dsco":
-            real = _class_targets(run, label, name)
-            z, records = nopt_class(backend, y, real, n, cfg.nopt, g, _class_seed(cfg.seed, label) + 1, name, run.progress)
-        elif cfg.method == "dsco-datafree":
-            z, records = datafree_class(backend, y, n, cfg.nopt, cfg.datafree, g, phi_shared, name, run.progress)
-        else:
-            z, records = plain_sample(backend, y, n, g), []
-        stats["steps"] = [asdict(r) for r in records]
-        return backend.decode(z).cpu(), [{"source": "synthetic"} for _ in range(n)], stats
-    idx = run.train.indices_of(label)
-    real = run.train.class_images(label)
-    if cfg.method == "dm":
-        return distribution_matching(real, n, cfg.dm, g), [{"source": "synthetic"} for _ in range(n)], stats
-    feats = _selection_features(real, cfg.feature_space, cfg.seed)
-    local = SELECTORS[cfg.method](feats, n, g)
-    return real[local], [{"source": "real", "index": int(i)} for i in idx[local]], stats
+        return read_images(Path(cfg.synthetic_set), mine), [{"source": "synthetic"} for _ in range(n)], {"synthetic_set": cfg.synthetic_set}
+    seed = _class_seed(cfg.seed, label)
+    task = ClassTask(
+        cfg=cfg, label=label, name=name, n=n, generator=torch.Generator().manual_seed(seed), class_seed=seed,
+        backend=run.backend, model_label=run.labels[label] if run.labels else None,
+        real_images=lambda: run.train.class_images(label), real_indices=lambda: run.train.indices_of(label),
+        real_targets=lambda: _class_targets(run, label, name), shared=run.shared, progress=run.progress,
+    )
+    out = run.method.synthesise(task)
+    return out.images, out.sources, out.stats
 
 
 def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
@@ -337,13 +314,14 @@ def concentrate(
         synthetic = read_manifest(cfg.synthetic_set)
         if synthetic["dataset"] != cfg.dataset:
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
-    if cfg.method in DIFFUSION_METHODS and backend is None and synthetic is None:
+    method = method_named(cfg.method)
+    if method.uses_model and backend is None and synthetic is None:
         backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
                                guidance_channels=cfg.guidance_channels, device=cfg.device, num_heads=cfg.num_heads,
                                embedding="diffusers" if cfg.diffusers_embedding else "dit")
-    if backend is not None and cfg.method in ("dsco", "dsco-datafree"):
-        RandomFeatureNet.check_input(backend.sample_shape)  # before any image is read or encoded
-    needs_real = cfg.method != "dsco-datafree" or cfg.doping.enabled
+    if backend is not None and synthetic is None:
+        method.check(backend)  # before any image is read or encoded
+    needs_real = method.reads_real or cfg.doping.enabled
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some
     elif train is None:
@@ -352,7 +330,7 @@ def concentrate(
     class_names = list(train.class_names) if train is not None else _datafree_class_names(cfg, backend)
     if backend is not None and train is not None:
         _check_backend(backend, train.image_shape)
-    if train is not None and cfg.method not in DIFFUSION_METHODS:
+    if train is not None and not method.uses_model:
         for label, count in enumerate(train.class_counts()):
             if count < cfg.ipc:
                 raise DscoError(f"IPC {cfg.ipc} is more than the {count} real images of class {class_names[label]!r}")
@@ -362,15 +340,12 @@ def concentrate(
     if synthetic is not None and synthetic["class_names"] != class_names:
         raise DscoError(f"--synthetic-set {cfg.synthetic_set} has other classes than the dataset")
     run.synthetic = synthetic
-    phi_shared = None
-    if cfg.method == "dsco-datafree":
-        phi_shared = RandomFeatureNet(backend.sample_shape[0], cfg.nopt.feature_width, seed=cfg.seed).to(device_of(backend))
     mine = [label for label in range(len(class_names)) if label % world == rank]  # classes are independent
     for label in tqdm(mine, desc=f"{cfg.method} ipc {cfg.ipc}", disable=not progress):
         name = class_names[label]
         if run.done(name) is None:
             t0 = time.perf_counter()
-            images, sources, stats = _synthesise_class(run, label, name, phi_shared)
+            images, sources, stats = _synthesise_class(run, label, name)
             stats["seconds"] = round(time.perf_counter() - t0, 3)
             rec = {"entries": write_class_images(run.work, name, label, images, sources), "stats": stats}
             atomic_write_json(run.class_record(name), rec)

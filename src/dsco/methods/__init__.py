@@ -1,0 +1,10 @@
+"""Methods by name: DsCo, its data-free mode, the baselines and the diffusion-based peers."""
+from . import dsco, baselines  # noqa: F401, I001  (registration, in the order the CLI lists them)
+from .base import REGISTRY, ClassOutput, ClassTask, Method, method_named, register, synthetic_output
+
+METHODS = tuple(REGISTRY)
+DIFFUSION_METHODS = tuple(name for name, m in REGISTRY.items() if m.uses_model)
+METHOD_FIELDS = tuple(dict.fromkeys(f for m in REGISTRY.values() for f in m.config_fields))
+
+__all__ = ["METHODS", "DIFFUSION_METHODS", "METHOD_FIELDS", "REGISTRY", "ClassOutput", "ClassTask", "Method",
+           "method_named", "register", "synthetic_output"]
