@@ -23,7 +23,7 @@ from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_bytes, atomic_write_json, safe_name
-from .methods import METHOD_FIELDS, ClassTask, method_named
+from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, MGD3Config, method_named
 from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig
@@ -93,6 +93,9 @@ class ConcentrateConfig:
     doping_protocol: EvalProtocol = field(default_factory=EvalProtocol)
     feature_space: str = "random-conv"
     dm: DMConfig = field(default_factory=DMConfig)
+    d4m: D4MConfig = field(default_factory=D4MConfig)
+    d3hr: D3HRConfig = field(default_factory=D3HRConfig)
+    mgd3: MGD3Config = field(default_factory=MGD3Config)
     data_root: Optional[str] = None
     test_dataset: Optional[str] = None
     on_bad_image: str = "fail"
@@ -129,6 +132,8 @@ def with_later_defaults(made_with: dict[str, Any]) -> dict[str, Any]:
     for key, default in defaults.items():
         if isinstance(out.get(key), dict):
             out[key] = {**json.loads(json.dumps(asdict(default))), **out[key]}
+    if "method" in out and "out" in out:  # a whole run's record: top-level fields added later, at their defaults
+        out = {**json.loads(json.dumps(asdict(ConcentrateConfig()))), **out}
     return out
 
 

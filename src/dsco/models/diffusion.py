@@ -18,6 +18,11 @@ class DiffusionBackend(Protocol):
     num_classes: int
     sample_shape: tuple[int, ...]
     timesteps: list[int]  # respaced, descending; the last step is denoised without noise
+    schedule: "RespacedSchedule"
+
+    def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+        """The classifier-free guided noise prediction."""
+        ...
 
     def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std (broadcastable) of p(x_{t_prev} | x_t, y), classifier-free guided."""
@@ -64,6 +69,20 @@ class RespacedSchedule:
         abar = float(self.alphas_cumprod[t])
         return abar**0.5 * z0 + (1 - abar) ** 0.5 * noise
 
+    def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+        abar = float(self.alphas_cumprod[t])
+        return (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+
+    def posterior_weights(self, t: int) -> tuple[float, float]:
+        """(c0, ct): the posterior mean of the step from t is c0 * x0 + ct * x_t."""
+        abar_t, abar_prev = float(self.alphas_cumprod[t]), self.prev_abar(t)
+        beta = 1 - abar_t / abar_prev
+        return abar_prev**0.5 * beta / (1 - abar_t), (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar_t)
+
+    def ddim_move(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, abar_to: float) -> torch.Tensor:
+        """Deterministic DDIM (eta 0) from t to the noise level abar_to: down the chain, or up it (inversion)."""
+        return abar_to**0.5 * self.predict_x0(x_t, eps, t) + (1 - abar_to) ** 0.5 * eps
+
     def posterior(
         self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, clip: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,8 +92,7 @@ class RespacedSchedule:
         x0 = (x_t - (1 - abar_t) ** 0.5 * eps_pred) / abar_t**0.5
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
-        c0 = abar_prev**0.5 * beta / (1 - abar_t)
-        ct = (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar_t)
+        c0, ct = self.posterior_weights(t)
         var = beta * (1 - abar_prev) / (1 - abar_t)
         return c0 * x0 + ct * x_t, torch.full((), var**0.5, dtype=x_t.dtype)
 
@@ -91,12 +109,13 @@ def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> to
 
 @torch.no_grad()
 def ancestral_sample(
-    backend: DiffusionBackend, y: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor
+    backend: DiffusionBackend, y: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor, start: int = 0
 ) -> torch.Tensor:
-    """Plain ancestral sampling with all noise supplied: x_T and one eps per step (S, N, ...)."""
+    """Plain ancestral sampling with all noise supplied: x at step `start` (x_T by default) and one eps per
+    remaining step (S - start, N, ...)."""
     dev = device_of(backend)
     x, y = x_T.to(dev), y.to(dev)
-    for i, t in enumerate(backend.timesteps):
+    for i, t in enumerate(backend.timesteps[start:]):
         mu, sigma = backend.mean_sigma(x, t, y)
         x = mu + sigma * step_noise[i].to(dev)
     return x

@@ -289,6 +289,9 @@ class LatentBackend:
         eps = torch.cat([guided(cond[:, :gc], uncond[:, :gc], self.guidance), cond[:, gc:]], 1)
         return eps, (out[:n, c:] if self.learned_sigma else None)
 
+    def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+        return self.model_output(x_t, t, y)[0]
+
     def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps, v = self.model_output(x_t, t, y)
         mu, sigma = self.schedule.posterior(x_t, eps, t, clip=None)

@@ -1,0 +1,104 @@
+"""The diffusion-based peers as methods: each writes a valid set on both backends, and its distinguishing
+step does what it claims."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsco.concentrate import ConcentrateConfig, concentrate
+from dsco.kmeans import kmeans
+from dsco.methods import D3HRConfig, MGD3Config
+from dsco.methods.d3hr import best_group, group_scores
+from dsco.methods.d4m import noised_prototypes, start_step
+from dsco.methods.mgd3 import mode_guided_sample
+from dsco.models.diffusion import ancestral_sample
+from dsco.outputset import read_manifest, verify
+
+from test_latent import IMAGE, tiny_dit, tiny_vae
+from dsco.data.imagenet import IMAGEWOOF
+from dsco.models.latent import save_dit
+
+PEERS = ["d4m", "d3hr", "mgd3"]
+SMALL = {"d3hr": D3HRConfig(candidates=40, candidate_batch=16)}
+
+
+def peer_config(method: str, **kw) -> ConcentrateConfig:
+    return ConcentrateConfig(method=method, sampling_steps=4, **{k: v for k, v in SMALL.items() if k == method}, **kw)
+
+
+@pytest.mark.parametrize("method", PEERS)
+def test_each_peer_writes_a_valid_set_on_the_pixel_model(method, tmp_path, folder, tiny_model_dir):
+    out = concentrate(peer_config(method, dataset=str(folder), out=str(tmp_path / "o"), ipc=2, model=str(tiny_model_dir)),
+                      progress=False)
+    m = read_manifest(out)
+    assert verify(out) == [] and m["counts"] == [2, 2, 2] and m["method"] == method
+    assert method in m["config"] and all(e["source"] == "synthetic" for e in m["images"])
+
+
+@pytest.mark.parametrize("method", PEERS)
+def test_each_peer_writes_a_valid_set_on_the_dit(method, tmp_path):
+    save_dit(tiny_dit(), tiny_vae(), tmp_path / "dit")
+    for label, wnid in enumerate(IMAGEWOOF[:2]):
+        (tmp_path / "data" / wnid).mkdir(parents=True)
+        for i in range(3):
+            arr = np.random.default_rng(label * 10 + i).integers(0, 255, (IMAGE, IMAGE, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "data" / wnid / f"{i}.png")
+    cfg = peer_config(method, dataset=str(tmp_path / "data"), out=str(tmp_path / "o"), ipc=2, model=str(tmp_path / "dit"),
+                      device="cpu", latent_cache=str(tmp_path / "cache"))
+    out = concentrate(cfg, progress=False)
+    assert verify(out) == [] and read_manifest(out)["counts"] == [2, 2]
+
+
+def test_kmeans_finds_obvious_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(20, 2, generator=g) for c in centres])
+    c, assign = kmeans(x, 3, torch.Generator().manual_seed(1))
+    assert sorted(torch.cdist(centres, c).min(1).values.tolist())[-1] < 0.1
+    assert len(set(assign[:20].tolist())) == 1 and len(set(assign.tolist())) == 3
+
+
+def test_d4m_starts_from_the_noised_centroids(tiny_backend):
+    protos = torch.randn(3, 1, 8, 8)
+    start, x = noised_prototypes(tiny_backend, protos, 0.7, torch.Generator().manual_seed(5))
+    noise = torch.randn(protos.shape, generator=torch.Generator().manual_seed(5))
+    assert start == start_step(5, 0.7) == 2  # the last 3 of 5 steps run, as an img2img pipeline at strength 0.7
+    assert torch.allclose(x, tiny_backend.q_sample(protos, tiny_backend.timesteps[start], noise))
+
+
+def test_d3hr_keeps_a_group_that_beats_random_groups_on_its_own_score():
+    mean, std = torch.randn(32), torch.rand(32) + 0.5
+    cfg = D3HRConfig(candidates=500, candidate_batch=100)
+    group, score = best_group(mean, std, 5, cfg, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    others = group_scores(mean + std * torch.randn((200, 5, 32), generator=g), mean, std, cfg.skew_weight)
+    assert score == pytest.approx(float(group_scores(group[None], mean, std, cfg.skew_weight)[0]), rel=1e-5)
+    assert score <= float(others.min()) or (others > score).float().mean() > 0.95
+
+
+def test_mgd3_guidance_stops_at_the_named_step(tiny_backend, monkeypatch):
+    import dsco.methods.mgd3 as mgd3
+
+    calls = []
+    pull = mgd3.pull_to_mode
+    monkeypatch.setattr(mgd3, "pull_to_mode", lambda mu, x, m, w, s: calls.append(w) or pull(mu, x, m, w, s))
+    modes = torch.randn(2, 1, 8, 8)
+    _, guided = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(stop_fraction=0.6), torch.Generator().manual_seed(0))
+    weights = [tiny_backend.schedule.posterior_weights(t) for t in tiny_backend.timesteps[:3]]
+    assert guided == [0, 1, 2] and calls == weights  # the mode is consulted on the first 3 of 5 steps only
+
+
+def test_mgd3_without_a_pull_is_plain_ancestral_sampling(tiny_backend):
+    modes = torch.randn(2, 1, 8, 8)
+    z, _ = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(scale=0.0), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn((2, 1, 8, 8), generator=g)
+    noise = torch.randn((5, 2, 1, 8, 8), generator=g)
+    assert torch.allclose(z, ancestral_sample(tiny_backend, torch.tensor([1, 1]), x_T, noise))
+
+
+def test_mgd3_pulls_the_samples_towards_their_modes(tiny_backend):
+    modes = torch.rand((2, 1, 8, 8), generator=torch.Generator().manual_seed(3)) * 1.6 - 0.8
+    free, _ = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(scale=0.0), torch.Generator().manual_seed(0))
+    pulled, _ = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(scale=0.5, stop_fraction=1.0), torch.Generator().manual_seed(0))
+    assert (pulled - modes).norm() < 0.5 * (free - modes).norm()
