@@ -7,7 +7,7 @@ from PIL import Image
 
 from dsco.concentrate import ConcentrateConfig, concentrate
 from dsco.kmeans import kmeans
-from dsco.methods import D3HRConfig, MGD3Config
+from dsco.methods import D3HRConfig, IGDConfig, MGD3Config
 from dsco.methods.d3hr import best_group, group_scores
 from dsco.methods.d4m import noised_prototypes, start_step
 from dsco.methods.mgd3 import mode_guided_sample
@@ -18,8 +18,8 @@ from test_latent import IMAGE, tiny_dit, tiny_vae
 from dsco.data.imagenet import IMAGEWOOF
 from dsco.models.latent import save_dit
 
-PEERS = ["d4m", "d3hr", "mgd3"]
-SMALL = {"d3hr": D3HRConfig(candidates=40, candidate_batch=16)}
+PEERS = ["d4m", "d3hr", "mgd3", "igd"]
+SMALL = {"d3hr": D3HRConfig(candidates=40, candidate_batch=16), "igd": IGDConfig(surrogate_steps=4, checkpoints=2)}
 
 
 def peer_config(method: str, **kw) -> ConcentrateConfig:
@@ -102,3 +102,18 @@ def test_mgd3_pulls_the_samples_towards_their_modes(tiny_backend):
     free, _ = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(scale=0.0), torch.Generator().manual_seed(0))
     pulled, _ = mode_guided_sample(tiny_backend, 1, modes, MGD3Config(scale=0.5, stop_fraction=1.0), torch.Generator().manual_seed(0))
     assert (pulled - modes).norm() < 0.5 * (free - modes).norm()
+
+
+def test_igd_guides_only_inside_its_window_and_raises_its_objective(tiny_backend, tiny_set):
+    from dsco.methods.igd import class_gradients, guidance_objective, influence_guided_sample, train_surrogate
+
+    cfg = IGDConfig(surrogate_steps=6, checkpoints=2, window=(0.2, 0.6), scale=0.2)
+    nets = train_surrogate(tiny_set, cfg, 0)
+    targets = class_gradients(nets, tiny_set.images[tiny_set.labels == 1], 1)
+    _, applied = influence_guided_sample(tiny_backend, 1, 3, nets, targets, cfg, torch.Generator().manual_seed(0), 1)
+    assert [a > 0 for a in applied] == [False, True, True, False, False]  # steps 1-2 of 5: the window 0.2-0.6
+    x = torch.rand(3, 1, 8, 8, requires_grad=True)
+    obj = guidance_objective(x, 1, nets, targets, cfg.deviation)
+    g = torch.autograd.grad(obj, x)[0]
+    moved = (x + 0.01 * g / g.norm()).detach()
+    assert guidance_objective(moved, 1, nets, targets, cfg.deviation) > obj.detach()

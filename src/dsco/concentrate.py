@@ -23,7 +23,7 @@ from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_bytes, atomic_write_json, safe_name
-from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, MGD3Config, method_named
+from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, method_named
 from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig
@@ -94,6 +94,7 @@ class ConcentrateConfig:
     feature_space: str = "random-conv"
     dm: DMConfig = field(default_factory=DMConfig)
     d4m: D4MConfig = field(default_factory=D4MConfig)
+    igd: IGDConfig = field(default_factory=IGDConfig)
     d3hr: D3HRConfig = field(default_factory=D3HRConfig)
     mgd3: MGD3Config = field(default_factory=MGD3Config)
     data_root: Optional[str] = None
@@ -231,7 +232,8 @@ def _synthesise_class(run: _Run, label: int, name: str) -> tuple[torch.Tensor, l
         cfg=cfg, label=label, name=name, n=n, generator=torch.Generator().manual_seed(seed), class_seed=seed,
         backend=run.backend, model_label=run.labels[label] if run.labels else None,
         real_images=lambda: run.train.class_images(label), real_indices=lambda: run.train.indices_of(label),
-        real_targets=lambda: _class_targets(run, label, name), shared=run.shared, progress=run.progress,
+        real_targets=lambda: _class_targets(run, label, name), train=lambda: run.train, shared=run.shared,
+        progress=run.progress,
     )
     out = run.method.synthesise(task)
     return out.images, out.sources, out.stats

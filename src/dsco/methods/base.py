@@ -31,6 +31,7 @@ class ClassTask:
     real_images: Callable[[], torch.Tensor] = lambda: torch.empty(0)  # the class's real images in [0, 1]
     real_indices: Callable[[], torch.Tensor] = lambda: torch.empty(0, dtype=torch.long)  # their train-split indices
     real_targets: Callable[[], torch.Tensor] = lambda: torch.empty(0)  # the real images in model space (cached latents)
+    train: Callable[[], Any] = lambda: None  # the whole real train split (an ImageSet), for methods that train on it
     shared: dict[str, Any] = field(default_factory=dict)  # per-run state a method may keep between classes
     progress: bool = False
 

@@ -40,6 +40,10 @@ class DiffusionBackend(Protocol):
         """Model space -> images in [0, 1]."""
         ...
 
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """`decode`, differentiable and on the backend's device: for guidance in image space."""
+        ...
+
 
 @dataclass(frozen=True)
 class RespacedSchedule:

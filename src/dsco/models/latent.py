@@ -316,8 +316,9 @@ class LatentBackend:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        out = []
-        for i in range(0, len(z), self.vae_batch):
-            x = self.vae.decode(z[i : i + self.vae_batch].to(self.device) / VAE_SCALE).sample.float()
-            out.append(((x + 1) / 2).clamp(0, 1).cpu())
-        return torch.cat(out)
+        return torch.cat([self.decode_with_grad(z[i : i + self.vae_batch]).cpu() for i in range(0, len(z), self.vae_batch)])
+
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [0, 1] on the backend's device, differentiable (guidance through the VAE)."""
+        x = self.vae.decode(z.to(self.device) / VAE_SCALE).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)

@@ -122,3 +122,6 @@ class PixelBackend:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return ((z + 1) / 2).clamp(0, 1)
+
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(z)
