@@ -7,7 +7,7 @@ from PIL import Image
 
 from dsco.concentrate import ConcentrateConfig, concentrate
 from dsco.kmeans import kmeans
-from dsco.methods import D3HRConfig, IGDConfig, MGD3Config
+from dsco.methods import D3HRConfig, IGDConfig, MGD3Config, MinimaxConfig
 from dsco.methods.d3hr import best_group, group_scores
 from dsco.methods.d4m import noised_prototypes, start_step
 from dsco.methods.mgd3 import mode_guided_sample
@@ -18,8 +18,14 @@ from test_latent import IMAGE, tiny_dit, tiny_vae
 from dsco.data.imagenet import IMAGEWOOF
 from dsco.models.latent import save_dit
 
-PEERS = ["d4m", "d3hr", "mgd3", "igd"]
-SMALL = {"d3hr": D3HRConfig(candidates=40, candidate_batch=16), "igd": IGDConfig(surrogate_steps=4, checkpoints=2)}
+PEERS = ["d4m", "d3hr", "mgd3", "igd", "minimax"]
+SMALL = {"d3hr": D3HRConfig(candidates=40, candidate_batch=16), "igd": IGDConfig(surrogate_steps=4, checkpoints=2),
+         "minimax": MinimaxConfig(steps=3, batch_size=4)}
+
+
+@pytest.fixture(autouse=True)
+def minimax_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the fine-tuned weights' cache stays in the test's folder
 
 
 def peer_config(method: str, **kw) -> ConcentrateConfig:
@@ -117,3 +123,29 @@ def test_igd_guides_only_inside_its_window_and_raises_its_objective(tiny_backend
     g = torch.autograd.grad(obj, x)[0]
     moved = (x + 0.01 * g / g.norm()).detach()
     assert guidance_objective(moved, 1, nets, targets, cfg.deviation) > obj.detach()
+
+
+def test_minimax_fine_tuning_lowers_its_objective_and_is_cached(tiny_backend, tiny_set, tmp_path):
+    import torch.nn.functional as F
+
+    from dsco.methods.minimax import fine_tune, minimax_loss, tuned_backend
+
+    data, labels = tiny_backend.encode(tiny_set.images), tiny_set.labels
+    cfg = MinimaxConfig(steps=60, batch_size=16, lr=2e-3, cache=str(tmp_path / "c"))
+    g = torch.Generator().manual_seed(9)
+    noise, t = torch.randn(data.shape, generator=g), torch.randint(1000, (len(data),), generator=g)
+    a = tiny_backend.schedule.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * data + (1 - a).sqrt() * noise
+    real = {c: F.normalize(data[labels == c].flatten(1), dim=1) for c in range(3)}
+
+    def objective(backend) -> float:
+        with torch.no_grad():
+            eps = backend.train_eps(x_t, t, labels)
+            return float(minimax_loss(eps, noise, (x_t - (1 - a).sqrt() * eps) / a.sqrt(), labels, real, {}, cfg))
+
+    net, losses = fine_tune(tiny_backend, data, labels, cfg, torch.Generator().manual_seed(0))
+    assert objective(tiny_backend.with_denoiser(net)) < objective(tiny_backend)
+    first = tuned_backend(tiny_backend, data, labels, cfg, 0)
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
+    again = tuned_backend(tiny_backend, data, labels, cfg, 0)  # from the cache: the same weights
+    assert all(torch.equal(p, q) for p, q in zip(first.denoiser.parameters(), again.denoiser.parameters()))

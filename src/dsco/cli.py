@@ -64,7 +64,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     from .datafree import DataFreeConfig
     from .doping import DopingConfig
     from .evaluate import protocol_named
-    from .methods import D3HRConfig, D4MConfig, IGDConfig, MGD3Config
+    from .methods import D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig
 
     schedule = a.schedule or default_schedule(a.dataset)
     nopt = nopt_preset(schedule)
@@ -80,7 +80,8 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads,
         latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
-        d4m=D4MConfig(strength=a.d4m_strength), igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation), mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
+        d4m=D4MConfig(strength=a.d4m_strength), igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
+        minimax=MinimaxConfig(steps=a.minimax_steps), mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
         d3hr=D3HRConfig(start_fraction=a.d3hr_start, candidates=a.d3hr_candidates),
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
     )
@@ -217,12 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "sampling; the default on mnist5k); every knob below overrides it")
         c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, dm, diffusion, "
-                       "and the diffusion-based peers d4m, d3hr, mgd3, igd")
+                       "and the diffusion-based peers d4m, d3hr, mgd3, igd, minimax")
         c.add_argument("--d4m-strength", type=float, default=0.7, help="D4M: share of the steps run from the noised prototypes")
         c.add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: pull towards the mode per guided step")
         c.add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: share of the steps (noisiest first) that are guided")
         c.add_argument("--igd-scale", type=float, default=0.05, help="IGD: RMS move of the predicted x0 per guided step")
         c.add_argument("--igd-deviation", type=float, default=1.0, help="IGD: weight of the deviation term")
+        c.add_argument("--minimax-steps", type=int, default=200, help="Minimax: fine-tuning steps (cached per model, data, settings)")
         c.add_argument("--d3hr-start", type=float, default=0.36, help="D3HR: how far into the steps the inversion reaches")
         c.add_argument("--d3hr-candidates", type=int, default=100_000, help="D3HR: candidate noise groups scored per class")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")

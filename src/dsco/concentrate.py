@@ -23,7 +23,7 @@ from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_bytes, atomic_write_json, safe_name
-from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, method_named
+from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig, method_named
 from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
 from .nopt import NOptConfig
@@ -95,6 +95,7 @@ class ConcentrateConfig:
     dm: DMConfig = field(default_factory=DMConfig)
     d4m: D4MConfig = field(default_factory=D4MConfig)
     igd: IGDConfig = field(default_factory=IGDConfig)
+    minimax: MinimaxConfig = field(default_factory=MinimaxConfig)
     d3hr: D3HRConfig = field(default_factory=D3HRConfig)
     mgd3: MGD3Config = field(default_factory=MGD3Config)
     data_root: Optional[str] = None
@@ -196,6 +197,7 @@ class _Run:
         self.labels: list[int] = []  # the model's label per dataset class
         self.synthetic: Optional[dict[str, Any]] = None  # the --synthetic-set manifest, read once
         self.method = method_named(cfg.method)
+        self.class_names: list[str] = []
         self.shared: dict[str, Any] = {}  # the method's per-run state
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
@@ -233,7 +235,8 @@ def _synthesise_class(run: _Run, label: int, name: str) -> tuple[torch.Tensor, l
         backend=run.backend, model_label=run.labels[label] if run.labels else None,
         real_images=lambda: run.train.class_images(label), real_indices=lambda: run.train.indices_of(label),
         real_targets=lambda: _class_targets(run, label, name), train=lambda: run.train, shared=run.shared,
-        progress=run.progress,
+        targets_of=lambda c: _class_targets(run, c, run.class_names[c]), num_classes=len(run.class_names),
+        model_labels=run.labels, progress=run.progress,
     )
     out = run.method.synthesise(task)
     return out.images, out.sources, out.stats
@@ -342,6 +345,7 @@ def concentrate(
             if count < cfg.ipc:
                 raise DscoError(f"IPC {cfg.ipc} is more than the {count} real images of class {class_names[label]!r}")
     run = _Run(cfg, train, backend, resume, progress, rank)
+    run.class_names = class_names
     if backend is not None:
         run.labels = model_labels(class_names, backend, cfg.class_map)
     if synthetic is not None and synthetic["class_names"] != class_names:

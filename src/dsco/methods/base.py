@@ -32,6 +32,9 @@ class ClassTask:
     real_indices: Callable[[], torch.Tensor] = lambda: torch.empty(0, dtype=torch.long)  # their train-split indices
     real_targets: Callable[[], torch.Tensor] = lambda: torch.empty(0)  # the real images in model space (cached latents)
     train: Callable[[], Any] = lambda: None  # the whole real train split (an ImageSet), for methods that train on it
+    targets_of: Callable[[int], torch.Tensor] = lambda label: torch.empty(0)  # any class's real_targets
+    num_classes: int = 0
+    model_labels: list[int] = field(default_factory=list)  # every class's label in the diffusion model
     shared: dict[str, Any] = field(default_factory=dict)  # per-run state a method may keep between classes
     progress: bool = False
 

@@ -44,6 +44,16 @@ class DiffusionBackend(Protocol):
         """`decode`, differentiable and on the backend's device: for guidance in image space."""
         ...
 
+    denoiser: torch.nn.Module  # the network a method may fine-tune
+
+    def with_denoiser(self, module: torch.nn.Module) -> "DiffusionBackend":
+        """The same sampler around another denoiser of the same architecture."""
+        ...
+
+    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unguided noise prediction with gradients, one timestep per sample (fine-tuning)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RespacedSchedule:

@@ -7,6 +7,7 @@ learned-range variance, classifier-free guidance with the null class `num_classe
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -291,6 +292,20 @@ class LatentBackend:
 
     def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         return self.model_output(x_t, t, y)[0]
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.transformer
+
+    def with_denoiser(self, module: torch.nn.Module) -> "LatentBackend":
+        """The same sampler around another transformer of the same architecture (a fine-tuned copy)."""
+        other = copy.copy(self)
+        other.transformer = module.to(self.device).eval().requires_grad_(False)
+        return other
+
+    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The transformer's unguided noise prediction with gradients (the eps half of its output)."""
+        return self.transformer(x_t.to(self.device), timestep=t.to(self.device), class_labels=y.to(self.device)).sample[:, : self.channels]
 
     def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps, v = self.model_output(x_t, t, y)

@@ -125,3 +125,15 @@ class PixelBackend:
 
     def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode(z)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
+    def with_denoiser(self, module: torch.nn.Module) -> "PixelBackend":
+        """The same sampler around another denoiser of the same architecture (a fine-tuned copy)."""
+        return PixelBackend(module.eval().requires_grad_(False), self.config, len(self.timesteps), self.guidance)
+
+    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The denoiser's unguided noise prediction with gradients, per-sample timesteps t (fine-tuning)."""
+        return self.unet(x_t, t, class_labels=y).sample
