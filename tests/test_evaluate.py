@@ -1,3 +1,4 @@
+import math
 import json
 from dataclasses import replace
 
@@ -97,6 +98,8 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     assert {(c["method"], c["ipc"], c["arch"]) for c in r["bn"]["cells"]} == {(m, i, "convnet3-bn") for m in ("random", "diffusion") for i in (1, 2)}
     assert r["generator"]["overall"]["n_fake"] == 18 and 0 <= r["generator"]["overall"]["coverage"] <= 1
     assert "(BatchNorm)" in (out / "results.md").read_text() and "Fréchet distance" in (out / "results.md").read_text()
+    assert {(c["method"], c["ipc"]) for c in r["lrs"]} == {(m, i) for m in ("random", "diffusion") for i in (1, 2)}
+    assert all(c["ior"] == 0 for c in r["lrs"] if c["method"] == "random") and "label-robust score" in (out / "results.md").read_text()
     assert {(c["method"], c["ipc"]) for c in r["cells"]} == {(m, i) for m in ("random", "diffusion") for i in (1, 2)}
     assert {c["method"] for c in r["curve"]} == {"dsco-doping", "dsco", "random"}
     dsco_set = read_manifest(next((out / "sets").glob("dsco-*")))["config"]
@@ -186,3 +189,14 @@ def test_first_seed_continues_the_same_runs(tiny_set):
     a = evaluate_set(tiny_set, tiny_set, QUICK, runs=3, progress=False)
     b = evaluate_set(tiny_set, tiny_set, QUICK, runs=2, progress=False, first_seed=1)
     assert b["seeds"] == [1, 2] and b["accs"] == a["accs"][1:]
+
+
+def test_label_robust_score_follows_dd_rankings_definition():
+    from dsco.bench import label_robust_score
+
+    same = label_robust_score(0.9, 0.9, 0.8, 0.8)  # no gap to full data, no gain over random: alpha 0
+    assert same["lrs"] == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
+    best = label_robust_score(0.9, 0.9, 1.0, 0.0)  # alpha = 0.5
+    assert best["lrs"] == pytest.approx((math.exp(0.5) - math.exp(-1)) / (math.e - math.exp(-1)))
+    worst = label_robust_score(1.0, 0.0, 0.0, 1.0)  # alpha = -1
+    assert worst["lrs"] == pytest.approx(0.0) and worst["hlr"] == 1.0 and worst["ior"] == -1.0

@@ -5,6 +5,7 @@ Every cell is cached under OUT (its output set and its result), so an interrupte
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,8 @@ class BenchConfig:
     bn_protocol: Optional[EvalProtocol] = field(default_factory=lambda: PROTOCOLS["cpu-bn-convnet"])
     # generator metrics of the model's plain samples (this many per class) against the test split; 0 = skip
     generator_samples: int = 100
+    # DD-Ranking's label-robust score per grid cell: needs each set and a same-size random subset trained with teacher labels
+    lrs: bool = True
 
 
 def machine() -> str:
@@ -77,6 +80,15 @@ def validate_results(r: dict[str, Any]) -> None:
                 raise DscoError(f"results.json: a {kind} row lacks {set(SCHEMA[kind]) - set(row)}")
             if not 0 <= row["mean"] <= 1 or row["std"] < 0:
                 raise DscoError(f"results.json: {kind} row {row} has an accuracy out of range")
+
+
+def label_robust_score(full_hard: float, set_hard: float, set_teacher: float, random_teacher: float, lam: float = 0.5) -> dict[str, float]:
+    """DD-Ranking (Li et al. 2025): HLR = Acc(full, hard) - Acc(set, hard); IOR = Acc(set, teacher labels) -
+    Acc(same-size random real subset, teacher labels); alpha = lam IOR - (1 - lam) HLR; LRS = (e^alpha - e^-1) /
+    (e - e^-1). Accuracies are fractions, so alpha is in [-1, 1] and LRS in [0, 1]."""
+    hlr, ior = full_hard - set_hard, set_teacher - random_teacher
+    alpha = lam * ior - (1 - lam) * hlr
+    return {"hlr": hlr, "ior": ior, "lrs": (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))}
 
 
 def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
@@ -163,6 +175,24 @@ class _Bench:
 
         return self.cached(f"cross-{p.arch}-{key}", compute, determining(cc), protocol=p)
 
+    def teacher_cell(self, method: str, ipc: int) -> Optional[dict]:
+        """The set of cell (method, ipc) trained with teacher labels (the main protocol)."""
+        key, cc = self.grid_set(method, ipc)
+
+        def compute() -> dict:
+            r = self.evaluate(self.make_set(cc), "teacher")
+            return {"method": method, "ipc": ipc, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
+
+        return self.cached(f"teacher-{key}", compute, {**determining(cc), "labels": "teacher"})
+
+    def lrs_cell(self, cell: dict, full: dict) -> Optional[dict]:
+        """DD-Ranking's scores of a grid cell, from its hard and teacher-label accuracies and random's at its IPC."""
+        mine, rand = self.teacher_cell(cell["method"], cell["ipc"]), self.teacher_cell("random", cell["ipc"])
+        if mine is None or rand is None:
+            return None
+        return {"method": cell["method"], "ipc": cell["ipc"], "teacher_mean": mine["mean"],
+                "random_teacher_mean": rand["mean"], **label_robust_score(full["mean"], cell["mean"], mine["mean"], rand["mean"])}
+
     def bn_cell(self, method: str, ipc: int) -> Optional[dict]:
         """The set of cell (method, ipc), evaluated with the BatchNorm protocol (hard labels)."""
         p = self.cfg.bn_protocol
@@ -243,6 +273,7 @@ def bench(cfg: BenchConfig) -> Path:
     bn = []
     if cfg.bn_protocol is not None:
         bn = [c for ipc in cfg.ipcs for m in cfg.methods if (c := b.bn_cell(m, ipc)) is not None]
+    lrs = [r for c in cells if (r := b.lrs_cell(c, full)) is not None] if cfg.lrs else []
     generator = None
     if cfg.generator_samples and any(m in DIFFUSION_METHODS for m in cfg.methods):
         generator = b.generator()
@@ -257,6 +288,8 @@ def bench(cfg: BenchConfig) -> Path:
         results["bn"] = {"protocol": asdict(cfg.bn_protocol), "cells": bn}
     if generator is not None:
         results["generator"] = generator
+    if cfg.lrs:
+        results["lrs"] = lrs
     validate_results(results)
     out = Path(cfg.out)
     atomic_write_json(out / "results.json", results)
@@ -301,6 +334,8 @@ def render_table(r: dict[str, Any]) -> str:
             lines.append(f"| {m} | {lab} | " + " | ".join(vals) + " |")
         lines += ["", "Lossless point (smallest budget within one std of full data): " +
                   ", ".join(f"{k}: {'none' if v is None else f'{v:.0%}'}" for k, v in r["lossless_point"].items())]
+    if r.get("lrs"):
+        lines += render_lrs(r)
     if r.get("bn") and r["bn"]["cells"]:
         lines += render_bn(r)
     if r.get("generator"):
@@ -313,6 +348,19 @@ def render_table(r: dict[str, Any]) -> str:
         lines += render_cross(r)
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def render_lrs(r: dict[str, Any]) -> list[str]:
+    """DD-Ranking's label-robust score (%) per cell, with HLR and IOR in points."""
+    ipcs = sorted({c["ipc"] for c in r["lrs"]})
+    by = {(c["method"], c["ipc"]): c for c in r["lrs"]}
+    lines = ["", "DD-Ranking label-robust score, LRS % (HLR / IOR in points; teacher labels for IOR)", "",
+             "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    for m in dict.fromkeys(c["method"] for c in r["lrs"]):
+        vals = [f"{by[(m, i)]['lrs'] * 100:.1f} ({by[(m, i)]['hlr'] * 100:.1f} / {by[(m, i)]['ior'] * 100:+.1f})"
+                if (m, i) in by else "–" for i in ipcs]
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def render_bn(r: dict[str, Any]) -> list[str]:
