@@ -321,8 +321,15 @@ def render_table(r: dict[str, Any]) -> str:
     lines.append(f"| full train split | {r['full']['mean'] * 100:.2f} ± {r['full']['std'] * 100:.2f} |" + " |" * (len(ipcs) - 1))
     lines += ["", "Synthesis seconds (whole set):", "",
               "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    def cost(m: str, i: int) -> str:
+        if (m, i) not in by:
+            return "–"
+        s, plain = by[(m, i)]["synthesis_seconds"], by.get(("diffusion", i))
+        ratio = f" ({s / plain['synthesis_seconds']:.1f}x plain)" if plain and plain["synthesis_seconds"] and m != "diffusion" else ""
+        return f"{s:.1f}{ratio}"
+
     for m in methods:
-        lines.append(f"| {m} | " + " | ".join(f"{by[(m, i)]['synthesis_seconds']:.1f}" if (m, i) in by else "–" for i in ipcs) + " |")
+        lines.append(f"| {m} | " + " | ".join(cost(m, i) for i in ipcs) + " |")
     if r["curve"]:
         budgets = sorted({c["budget"] for c in r["curve"]})
         lines += ["", "Lossless curve: accuracy (%) by budget (fraction of the train split)", "",

@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(b)
     _protocol_args(b)
     b.add_argument("--ipc", default="1,10,50")
-    b.add_argument("--methods", default="dsco,dsco-datafree,random,herding,kcenter,diffusion,dm")
+    b.add_argument("--methods", default="dsco,dsco-datafree,random,herding,kcenter,dm,diffusion,d4m,d3hr,mgd3,igd,minimax")
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--model", default=None)
