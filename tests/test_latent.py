@@ -50,11 +50,11 @@ def backend() -> LatentBackend:
     return LatentBackend(tiny_dit(), tiny_vae(), alphas_cumprod_from({}), num_steps=5, device="cpu")
 
 
-def dit_style_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with the original DiT code's key names and the tiny model's shapes."""
+def dit_style_checkpoint(seed: int = 0, hidden: int = HIDDEN, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """A random state dict with the original DiT code's key names, `hidden` wide, DEPTH blocks, LATENT x LATENT latents."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    h, p = HIDDEN, 2
+    r = lambda *s: scale * torch.randn(*s, generator=g)  # noqa: E731
+    h, p = hidden, 2
     sd = {"x_embedder.proj.weight": r(h, 4, p, p), "x_embedder.proj.bias": r(h),
           "t_embedder.mlp.0.weight": r(h, 256), "t_embedder.mlp.0.bias": r(h),
           "t_embedder.mlp.2.weight": r(h, h), "t_embedder.mlp.2.bias": r(h),

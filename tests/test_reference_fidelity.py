@@ -18,7 +18,7 @@ from dsco.models.loading import load_backend
 from dsco.nopt import (NOptConfig, feature_std, latin_hypercube_normal, nopt_class, noised_targets,
                        stratified_target_noise, target_noising_plan)
 
-from test_latent import tiny_dit, tiny_vae
+from test_latent import DEPTH, LATENT, dit_style_checkpoint, tiny_dit, tiny_vae
 
 # ---- DiT's definitions, from the DiT paper's code description ---------------------------------------------------
 
@@ -52,30 +52,15 @@ def pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     return np.concatenate([one_d(dim // 2, gw), one_d(dim // 2, gh)], axis=1)
 
 
-WIDTH, HEADS, DEPTH, LATENT, PATCH = 384, 6, 2, 8, 2  # DiT-S's width, so no --num-heads is needed
+WIDTH, HEADS, PATCH = 384, 6, 2  # DiT-S's width, so no --num-heads is needed
 
 
 def original_checkpoint() -> dict[str, torch.Tensor]:
-    """A random DiT-S-width state dict in the original code's key names; the variance biases push |v| past 1."""
-    g = torch.Generator().manual_seed(3)
-    r = lambda *s: 0.05 * torch.randn(*s, generator=g)  # noqa: E731
-    h, p, out = WIDTH, PATCH, 8
-    final_bias = r(p * p * out)
-    final_bias.view(p * p, out)[:, 4:] = torch.tensor([1.2, -1.3, 0.3, 1.1])
-    sd = {"x_embedder.proj.weight": r(h, 4, p, p), "x_embedder.proj.bias": r(h),
-          "t_embedder.mlp.0.weight": r(h, 256), "t_embedder.mlp.0.bias": r(h),
-          "t_embedder.mlp.2.weight": r(h, h), "t_embedder.mlp.2.bias": r(h),
-          "y_embedder.embedding_table.weight": r(1001, h),
-          "pos_embed": torch.from_numpy(pos_embed_2d(h, LATENT // p)).float().unsqueeze(0),
-          "final_layer.linear.weight": r(p * p * out, h), "final_layer.linear.bias": final_bias,
-          "final_layer.adaLN_modulation.1.weight": r(2 * h, h), "final_layer.adaLN_modulation.1.bias": r(2 * h)}
-    for i in range(DEPTH):
-        b = f"blocks.{i}."
-        sd.update({b + "attn.qkv.weight": r(3 * h, h), b + "attn.qkv.bias": r(3 * h),
-                   b + "attn.proj.weight": r(h, h), b + "attn.proj.bias": r(h),
-                   b + "mlp.fc1.weight": r(4 * h, h), b + "mlp.fc1.bias": r(4 * h),
-                   b + "mlp.fc2.weight": r(h, 4 * h), b + "mlp.fc2.bias": r(h),
-                   b + "adaLN_modulation.1.weight": r(6 * h, h), b + "adaLN_modulation.1.bias": r(6 * h)})
+    """A random DiT-S-width state dict in the original code's key names, with DiT's fixed position table;
+    the variance biases push |v| past 1."""
+    sd = dit_style_checkpoint(seed=3, hidden=WIDTH, scale=0.05)
+    sd["pos_embed"] = torch.from_numpy(pos_embed_2d(WIDTH, LATENT // PATCH)).float().unsqueeze(0)
+    sd["final_layer.linear.bias"].view(PATCH * PATCH, 8)[:, 4:] = torch.tensor([1.2, -1.3, 0.3, 1.1])
     return sd
 
 
@@ -188,14 +173,14 @@ def test_a_dit_checkpoint_samples_exactly_as_dits_own_sampler(tmp_path):
     with torch.no_grad():
         ours = ancestral_sample(backend, torch.tensor([7, 7]), x_T, noise)
         theirs = dit_ddpm(sd, x_T, 7, noise)
-    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-4), (ours - theirs).abs().max()
+    # random weights make large latents; float32 rounding through 50 steps stays ~1e-6 of their scale, while
+    # diffusers' embedding or 4-channel guidance moves them by ~0.2 of it
+    assert (ours - theirs).abs().max() <= 1e-5 * theirs.abs().max(), (ours - theirs).abs().max()
 
 
 def test_an_unknown_dit_width_needs_num_heads(tmp_path):
     from dsco.errors import DscoError
     from dsco.models.latent import dit_config_from_checkpoint
-
-    from test_latent import dit_style_checkpoint
 
     with pytest.raises(DscoError, match="width 16 is not a DiT-S/B/L/XL width .*--num-heads"):
         dit_config_from_checkpoint(dit_style_checkpoint())

@@ -163,17 +163,16 @@ class _Bench:
 
         return self.cached(key, compute, determining(cc))
 
-    def cross_cell(self, method: str, ipc: int) -> Optional[dict]:
-        """The set of cell (method, ipc), evaluated with the cross-architecture protocol (hard labels)."""
-        p = self.cfg.cross_protocol
-        assert p is not None
+    def protocol_cell(self, method: str, ipc: int, protocol: EvalProtocol, prefix: str) -> Optional[dict]:
+        """The set of cell (method, ipc) trained again with another protocol (hard labels): the
+        cross-architecture check (prefix "cross") and the BatchNorm column ("bn")."""
         key, cc = self.grid_set(method, ipc)
 
         def compute() -> dict:
-            r = self.evaluate(self.make_set(cc), protocol=p)
-            return {"method": method, "ipc": ipc, "arch": p.arch, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
+            r = self.evaluate(self.make_set(cc), protocol=protocol)
+            return {"method": method, "ipc": ipc, "arch": protocol.arch, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
 
-        return self.cached(f"cross-{p.arch}-{key}", compute, determining(cc), protocol=p)
+        return self.cached(f"{prefix}-{protocol.arch}-{key}", compute, determining(cc), protocol=protocol)
 
     def teacher_cell(self, method: str, ipc: int) -> Optional[dict]:
         """The set of cell (method, ipc) trained with teacher labels (the main protocol)."""
@@ -192,18 +191,6 @@ class _Bench:
             return None
         return {"method": cell["method"], "ipc": cell["ipc"], "teacher_mean": mine["mean"],
                 "random_teacher_mean": rand["mean"], **label_robust_score(full["mean"], cell["mean"], mine["mean"], rand["mean"])}
-
-    def bn_cell(self, method: str, ipc: int) -> Optional[dict]:
-        """The set of cell (method, ipc), evaluated with the BatchNorm protocol (hard labels)."""
-        p = self.cfg.bn_protocol
-        assert p is not None
-        key, cc = self.grid_set(method, ipc)
-
-        def compute() -> dict:
-            r = self.evaluate(self.make_set(cc), protocol=p)
-            return {"method": method, "ipc": ipc, "arch": p.arch, "mean": r["mean"], "std": r["std"], "accs": r["accs"]}
-
-        return self.cached(f"bn-{p.arch}-{key}", compute, determining(cc), protocol=p)
 
     def generator(self) -> Optional[dict]:
         """Fréchet distance, precision / recall, density / coverage and fidelity of the model's plain samples."""
@@ -269,10 +256,10 @@ def bench(cfg: BenchConfig) -> Path:
                 lossless[m if labels == "hard" else f"{m}/teacher"] = lossless_point(rows, full)
     cross = []
     if cfg.cross_protocol is not None:
-        cross = [c for m in cfg.cross_methods if (c := b.cross_cell(m, cfg.cross_ipc)) is not None]
+        cross = [c for m in cfg.cross_methods if (c := b.protocol_cell(m, cfg.cross_ipc, cfg.cross_protocol, "cross")) is not None]
     bn = []
     if cfg.bn_protocol is not None:
-        bn = [c for ipc in cfg.ipcs for m in cfg.methods if (c := b.bn_cell(m, ipc)) is not None]
+        bn = [c for ipc in cfg.ipcs for m in cfg.methods if (c := b.protocol_cell(m, ipc, cfg.bn_protocol, "bn")) is not None]
     lrs = [r for c in cells if (r := b.lrs_cell(c, full)) is not None] if cfg.lrs else []
     generator = None
     if cfg.generator_samples and any(m in DIFFUSION_METHODS for m in cfg.methods):
