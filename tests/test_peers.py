@@ -149,3 +149,9 @@ def test_minimax_fine_tuning_lowers_its_objective_and_is_cached(tiny_backend, ti
     assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
     again = tuned_backend(tiny_backend, data, labels, cfg, 0)  # from the cache: the same weights
     assert all(torch.equal(p, q) for p, q in zip(first.denoiser.parameters(), again.denoiser.parameters()))
+
+
+def test_d3hr_scores_a_group_of_one_without_its_undefined_std():
+    mean, std = torch.zeros(16), torch.ones(16)
+    group, score = best_group(mean, std, 1, D3HRConfig(candidates=20, candidate_batch=8), torch.Generator().manual_seed(0))
+    assert group.shape == (1, 16) and score == score  # finite, not NaN

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DscoError
 from ..models.diffusion import DiffusionBackend, device_of
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
@@ -39,9 +40,10 @@ def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: 
 
 
 def group_scores(groups: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, skew_weight: float) -> torch.Tensor:
-    """(G, n, D) candidate groups -> D3HR's score: ||mean - mu|| + ||std - sigma|| + w ||skewness of each sample||."""
+    """(G, n, D) candidate groups -> D3HR's score: ||mean - mu|| + ||std - sigma|| + w ||skewness of each sample||.
+    A group of one (IPC 1) has no std, so its score leaves that term out."""
     mean_diff = (groups.mean(1) - mean).norm(dim=1)
-    std_diff = (groups.std(1) - std).norm(dim=1)
+    std_diff = (groups.std(1) - std).norm(dim=1) if groups.shape[1] > 1 else 0
     d = groups.shape[2]
     centred = (groups - groups.mean(2, keepdim=True)) / groups.std(2, keepdim=True)
     skew = centred.pow(3).sum(2) * (d / ((d - 1) * (d - 2)))  # each sample's skewness over its dimensions
@@ -59,6 +61,8 @@ def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, g
         if float(scores[i]) < best_score:
             best, best_score = groups[i].clone(), float(scores[i])
         left -= b
+    if best is None:
+        raise DscoError("D3HR: no candidate group has a finite score (the inverted class has non-finite statistics)")
     return best, best_score
 
 
