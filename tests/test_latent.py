@@ -1,6 +1,5 @@
 """The DiT + VAE backend, its loaders and the ImageNet class index, with tiny random models of the same classes."""
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -72,6 +72,13 @@ def test_d4m_starts_from_the_noised_centroids(tiny_backend):
     assert torch.allclose(x, tiny_backend.q_sample(protos, tiny_backend.timesteps[start], noise))
 
 
+def test_d4m_strength_that_runs_no_step_is_refused(tiny_backend):
+    from dsco.errors import DscoError
+
+    with pytest.raises(DscoError, match="runs none of the 5 steps"):
+        noised_prototypes(tiny_backend, torch.zeros(1, 1, 8, 8), 0.0, torch.Generator())
+
+
 def test_d3hr_keeps_a_group_that_beats_random_groups_on_its_own_score():
     mean, std = torch.randn(32), torch.rand(32) + 0.5
     cfg = D3HRConfig(candidates=500, candidate_batch=100)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 
 from dsco.datafree import DataFreeConfig, datafree_loss
 from dsco.features import RandomFeatureNet

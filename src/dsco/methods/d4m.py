@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..kmeans import kmeans
-from ..models.diffusion import DiffusionBackend, ancestral_sample, device_of
+from ..errors import DscoError
+from ..models.diffusion import DiffusionBackend, ancestral_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 
@@ -25,6 +26,8 @@ def start_step(steps: int, strength: float) -> int:
 def noised_prototypes(backend: DiffusionBackend, prototypes: torch.Tensor, strength: float, generator: torch.Generator) -> tuple[int, torch.Tensor]:
     """(first step, the prototypes noised to that step's level): D4M's starting points."""
     start = start_step(len(backend.timesteps), strength)
+    if start >= len(backend.timesteps):
+        raise DscoError(f"D4M strength {strength} runs none of the {len(backend.timesteps)} steps: use a value in (0, 1]")
     noise = torch.randn(prototypes.shape, generator=generator)
     return start, backend.q_sample(prototypes, backend.timesteps[start], noise)
 
@@ -42,5 +45,5 @@ class D4M(Method):
         start, x = noised_prototypes(backend, centroids.reshape(n, *z0.shape[1:]), cfg.strength, g)
         noise = torch.randn((len(backend.timesteps) - start, n, *backend.sample_shape), generator=g)
         y = torch.full((n,), task.model_label, dtype=torch.long)
-        z = ancestral_sample(backend, y, x, noise, start) if start < len(backend.timesteps) else x.to(device_of(backend))
-        return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[min(start, len(backend.timesteps) - 1)]})
+        z = ancestral_sample(backend, y, x, noise, start)
+        return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[start]})

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageSet
+from ..errors import DscoError
 from ..evaluate import EvalProtocol, train_classifier
-from ..models.classifiers import create_classifier
 from ..models.diffusion import DiffusionBackend, device_of
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
@@ -106,7 +106,11 @@ class IGD(Method):
         cfg = task.cfg.igd
         shared: dict[str, Any] = task.shared
         if "surrogate" not in shared:  # one surrogate per run, trained on every class
-            shared["surrogate"] = train_surrogate(task.train(), cfg, task.cfg.seed)
+            train = task.train()
+            if not isinstance(train, ImageSet):
+                raise DscoError("igd trains its surrogate on the whole train split in memory; this split is read "
+                                "lazily (ImageNet layout): use a smaller folder dataset")
+            shared["surrogate"] = train_surrogate(train, cfg, task.cfg.seed)
         nets = shared["surrogate"]
         targets = class_gradients(nets, task.real_images(), task.label)
         z, applied = influence_guided_sample(task.backend, task.model_label, task.n, nets, targets, cfg, task.generator, task.label)
