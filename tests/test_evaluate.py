@@ -111,6 +111,11 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     r = json.loads((bench(cfg) / "results.json").read_text())  # the sets are reused, evaluated with a second protocol
     assert [(c["method"], c["arch"]) for c in r["cross_arch"]["rows"]] == [("random", "convnet6"), ("diffusion", "convnet6")]
     assert "Cross-architecture check, IPC 2" in (out / "results.md").read_text()
+    cfg.synthesis_seeds, cfg.lrs, cfg.bn_protocol = 2, False, None  # a second set per diffusion-based cell
+    r = json.loads((bench(cfg) / "results.json").read_text())
+    two = next(c for c in r["cells"] if c["method"] == "diffusion" and c["ipc"] == 2)
+    assert len(two["set_means"]) == 2 and (out / "sets" / "diffusion-ipc2-s1").is_dir()
+    assert "set_means" not in next(c for c in r["cells"] if c["method"] == "random")  # one set: nothing synthesised
     cfg.ipcs, cfg.cached_only = [1, 2, 3], True  # IPC 3 was never computed: left out, nothing computed
     r = json.loads((bench(cfg) / "results.json").read_text())
     assert {c["ipc"] for c in r["cells"]} == {1, 2} and not (out / "sets" / "random-ipc3").exists()

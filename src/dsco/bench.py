@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class BenchConfig:
     bn_protocol: Optional[EvalProtocol] = field(default_factory=lambda: PROTOCOLS["cpu-bn-convnet"])
     # generator metrics of the model's plain samples (this many per class) against the test split; 0 = skip
     generator_samples: int = 100
+    # sets per diffusion-based cell, from synthesis seeds seed, seed+1, ...; the other columns use the first
+    synthesis_seeds: int = 1
     # DD-Ranking's label-robust score per grid cell: needs each set and a same-size random subset trained with teacher labels
     lrs: bool = True
 
@@ -128,10 +131,10 @@ class _Bench:
         atomic_write_json(path, result)
         return result
 
-    def set_config(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None) -> ConcentrateConfig:
+    def set_config(self, key: str, method: str, ipc: int, doping: Optional[DopingConfig] = None, seed_offset: int = 0) -> ConcentrateConfig:
         synthetic = str(self.out / "sets" / f"{method}-ipc{ipc}") if doping is not None else None
         return ConcentrateConfig(dataset=self.cfg.dataset, out=str(self.out / "sets" / key), method=method, ipc=ipc,
-                                 seed=self.cfg.seed, model=self.cfg.model, schedule=self.cfg.schedule,
+                                 seed=self.cfg.seed + seed_offset, model=self.cfg.model, schedule=self.cfg.schedule,
                                  doping=doping or DopingConfig(),
                                  doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset,
                                  synthetic_set=synthetic).resolved()
@@ -147,13 +150,14 @@ class _Bench:
         return evaluate_set(load_output_set(path), self.test, protocol or self.cfg.protocol, self.cfg.runs, labels, teacher,
                             progress=False)
 
-    def grid_set(self, method: str, ipc: int) -> tuple[str, ConcentrateConfig]:
-        """The key and configuration of the table's set for (method, ipc), shared by its cell and cross cell."""
-        key = f"{method}-ipc{ipc}"
-        return key, self.set_config(key, method, ipc)
+    def grid_set(self, method: str, ipc: int, seed_offset: int = 0) -> tuple[str, ConcentrateConfig]:
+        """The key and configuration of the table's set for (method, ipc) (synthesis seed `seed_offset` past the
+        bench's), shared by its cell and its cells with other protocols."""
+        key = f"{method}-ipc{ipc}" + (f"-s{seed_offset}" if seed_offset else "")
+        return key, self.set_config(key, method, ipc, seed_offset=seed_offset)
 
-    def cell(self, method: str, ipc: int) -> Optional[dict]:
-        key, cc = self.grid_set(method, ipc)
+    def set_cell(self, method: str, ipc: int, seed_offset: int = 0) -> Optional[dict]:
+        key, cc = self.grid_set(method, ipc, seed_offset)
 
         def compute() -> dict:
             path = self.make_set(cc)
@@ -162,6 +166,20 @@ class _Bench:
                     "synthesis_seconds": read_manifest(path)["synthesis_seconds"]}
 
         return self.cached(key, compute, determining(cc))
+
+    def cell(self, method: str, ipc: int) -> Optional[dict]:
+        """A table cell: one set, or for a diffusion-based method `synthesis_seeds` sets, reported as the mean and
+        std of the sets' mean accuracies (the spread between sets, not between trainings of one set)."""
+        seeds = self.cfg.synthesis_seeds if method in DIFFUSION_METHODS else 1
+        sets = [self.set_cell(method, ipc, k) for k in range(seeds)]
+        if any(c is None for c in sets):
+            return None
+        if seeds == 1:
+            return sets[0]
+        means = [c["mean"] for c in sets]
+        return {"method": method, "ipc": ipc, "mean": statistics.fmean(means), "std": statistics.stdev(means),
+                "set_means": means, "accs": [a for c in sets for a in c["accs"]],
+                "synthesis_seconds": statistics.fmean(c["synthesis_seconds"] for c in sets)}
 
     def protocol_cell(self, method: str, ipc: int, protocol: EvalProtocol, prefix: str) -> Optional[dict]:
         """The set of cell (method, ipc) trained again with another protocol (hard labels): the

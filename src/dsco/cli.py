@@ -161,7 +161,7 @@ def _bench(a: argparse.Namespace) -> None:
         cached_only=a.cached_only, cross_protocol=protocol_named(a.cross_protocol) if a.cross_protocol else None,
         cross_ipc=a.cross_ipc, cross_methods=a.cross_methods.split(","),
         bn_protocol=None if a.bn_protocol == "none" else protocol_named(a.bn_protocol),
-        generator_samples=a.generator_samples, lrs=not a.no_lrs,
+        generator_samples=a.generator_samples, lrs=not a.no_lrs, synthesis_seeds=a.synthesis_seeds,
     )
     print(bench(cfg))
 
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cross-methods", default="dsco,random,diffusion")
     b.add_argument("--bn-protocol", default="cpu-bn-convnet", help="evaluate every grid set again with this "
                    "BatchNorm protocol (a column of the table); 'none' to skip")
+    b.add_argument("--synthesis-seeds", type=int, default=1, help="sets per diffusion-based cell (seeds --seed, "
+                   "--seed+1, ...): the cell is the mean ± std of their accuracies")
     b.add_argument("--no-lrs", action="store_true", help="skip DD-Ranking's label-robust score (it trains every "
                    "set, and a random subset of each size, once more with teacher labels)")
     b.add_argument("--generator-samples", type=int, default=100, help="plain samples per class for the generator "
