@@ -107,7 +107,9 @@ def plot(result: dict, path: str) -> None:
         for method, name in (("diffusion", "plain sampling"), ("dsco", "DsCo (NOpt)")):
             y = [100 * r["methods"][method]["convnet3"]["mean"] for r in rows]
             e = [100 * r["methods"][method]["convnet3"]["std"] for r in rows]
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=name)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=f"{name}, ConvNet-3")
+            bn = [100 * r["methods"][method]["bn_convnet3"]["mean"] for r in rows]
+            ax.plot(x, bn, marker="x", ls=":", label=f"{name}, BatchNorm ConvNet-3")
         for r, xi in zip(rows, x):
             ax.annotate(f"{r['train_steps']}", (xi, 100 * r["methods"]["dsco"]["convnet3"]["mean"]), fontsize=7,
                         textcoords="offset points", xytext=(3, 5))
@@ -115,6 +117,7 @@ def plot(result: dict, path: str) -> None:
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel(f"ConvNet-3 top-1 (%), IPC {result['ipc']}")
         if key == "fd":
+            ax.set_xscale("log")
             ax.invert_xaxis()
         ax.legend(fontsize=7)
     fig.suptitle("NOpt's gain against generator quality (mnist5k; labels: training steps)", fontsize=9)
