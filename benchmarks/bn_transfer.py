@@ -21,24 +21,8 @@ from dsco.bench import machine
 from dsco.data import ImageSet, load_dataset
 from dsco.evaluate import evaluate_set, protocol_named
 from dsco.fsio import atomic_write_json
-from dsco.generator_metrics import sample_set
+from dsco.generator_metrics import pixel_stats, sample_set
 from dsco.models.pixel import PixelBackend
-
-
-def pixel_stats(images: torch.Tensor) -> dict:
-    """Low-level statistics a BatchNorm network's running statistics see (images in [0, 1])."""
-    q = (images * 255).round() / 255  # as the PNGs of an output set hold them
-    flat = q.flatten(1)
-    dark = flat <= 0.1
-    bright = flat >= 0.5
-    return {
-        "exact_zero": round((flat == 0).float().mean().item(), 4),
-        "background_mean": round(flat[dark].mean().item(), 4),
-        "stroke_mean": round(flat[bright].mean().item(), 4) if bright.any() else None,
-        "stroke_share": round(bright.float().mean().item(), 4),
-        "mean": round(flat.mean().item(), 4),
-        "std": round(flat.std().item(), 4),
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

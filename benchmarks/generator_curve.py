@@ -25,7 +25,7 @@ from dsco.concentrate import ConcentrateConfig, concentrate, default_teacher_dir
 from dsco.data import ImageSet, load_dataset
 from dsco.evaluate import TeacherConfig, ensure_teacher, evaluate_set, protocol_named
 from dsco.fsio import atomic_write_json
-from dsco.generator_metrics import generator_metrics
+from dsco.generator_metrics import generator_metrics, pixel_stats
 from dsco.models.pixel import PixelBackend
 from dsco.outputset import load_output_set
 
@@ -67,8 +67,10 @@ def model_row(model: str, a: argparse.Namespace, train: ImageSet, test: ImageSet
                 return {"convnet3": accs(s, test, "cpu-small", a.runs), "bn_convnet3": accs(s, test, "cpu-bn-convnet", a.bn_runs)}
 
             per_set.append(cached_json(work / f"{method}-ipc{a.ipc}-s{seed}.json", evaluate))
+        images = torch.cat([load_output_set(work / f"{method}-ipc{a.ipc}-s{seed}").images for seed in range(a.seeds)])
         row["methods"][method] = {
             "sets": per_set,
+            "pixel_stats": pixel_stats(images),
             "convnet3": summary([statistics.fmean(s["convnet3"]) for s in per_set]),
             "bn_convnet3": summary([statistics.fmean(s["bn_convnet3"]) for s in per_set]),
         }
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
     teacher = ensure_teacher(default_teacher_dir("mnist5k"), train, lambda: test, TeacherConfig(), progress=False)
     result = {"benchmark": "generator_curve", "ipc": a.ipc, "seeds": a.seeds, "runs": a.runs, "bn_runs": a.bn_runs,
-              "feature_net": FEATURE_NET, "machine": machine(), "command": " ".join(["python", *sys.argv]),
+              "feature_net": FEATURE_NET, "test_pixel_stats": pixel_stats(test.images), "machine": machine(), "command": " ".join(["python", *sys.argv]),
               "random_real": random_row(a, train, test), "models": []}
     for model in a.models:
         result["models"].append(model_row(model, a, train, test, teacher))

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from dsco.generator_metrics import compare, density_coverage, frechet_distance, generator_metrics, precision_recall
+from dsco.generator_metrics import (compare, density_coverage, frechet_distance, generator_metrics, pixel_stats,
+                                    precision_recall)
 from dsco.models.classifiers import create_classifier
 
 
@@ -49,3 +50,12 @@ def test_generator_metrics_of_a_tiny_model_name_their_feature_net_and_cover_ever
     r = generator_metrics(tiny_backend, tiny_set, net, "random convnet3", per_class=8)
     assert r["feature_net"] == "random convnet3" and set(r["per_class"]) == set(tiny_set.class_names)
     assert 0 <= r["overall"]["coverage"] <= 1 and r["overall"]["n_fake"] == 24 and r["overall"]["fd"] >= 0
+
+
+def test_pixel_stats_see_a_grey_background_that_real_digits_do_not_have():
+    digits = torch.zeros(4, 1, 8, 8)
+    digits[:, :, 2:6, 3:5] = 1.0
+    st = pixel_stats(digits)
+    assert st["exact_zero"] == 0.875 and st["background_mean"] == 0 and st["stroke_mean"] == 1.0
+    grey = pixel_stats(digits * 0.9 + 0.02)
+    assert grey["exact_zero"] == 0 and grey["background_mean"] == pytest.approx(0.02, abs=0.002)

@@ -57,6 +57,22 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = DC_K) -> t
     return float(inside.double().sum(1).mean() / k), float(inside.any(0).double().mean())
 
 
+def pixel_stats(images: torch.Tensor) -> dict[str, Any]:
+    """Low-level statistics a BatchNorm network's running statistics see (images in [0, 1])."""
+    q = (images * 255).round() / 255  # as the PNGs of an output set hold them
+    flat = q.flatten(1)
+    dark = flat <= 0.1
+    bright = flat >= 0.5
+    return {
+        "exact_zero": round((flat == 0).float().mean().item(), 4),
+        "background_mean": round(flat[dark].mean().item(), 4),
+        "stroke_mean": round(flat[bright].mean().item(), 4) if bright.any() else None,
+        "stroke_share": round(bright.float().mean().item(), 4),
+        "mean": round(flat.mean().item(), 4),
+        "std": round(flat.std().item(), 4),
+    }
+
+
 @dataclass
 class GeneratorMetrics:
     fd: float
