@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..data import ImageSet
 from ..errors import DscoError
 from ..evaluate import EvalProtocol, train_classifier
-from ..models.diffusion import DiffusionBackend, device_of
+from ..models.diffusion import DiffusionBackend, mean_guided_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 
@@ -74,26 +74,23 @@ def influence_guided_sample(backend: DiffusionBackend, label: int, n: int, nets:
                             dataset_label: int) -> tuple[torch.Tensor, list[float]]:
     """Ancestral sampling; inside the window the posterior mean's x0 climbs the guidance objective. Returns the
     samples and, per step, the RMS of the guidance applied (0 outside the window)."""
-    dev = device_of(backend)
-    x = torch.randn((n, *backend.sample_shape), generator=generator).to(dev)
-    noise = torch.randn((len(backend.timesteps), n, *backend.sample_shape), generator=generator)
-    y = torch.full((n,), label, dtype=torch.long, device=dev)
     window = guided_range(len(backend.timesteps), cfg.window)
-    applied = []
-    for i, t in enumerate(backend.timesteps):
-        with torch.no_grad():
-            mu, sigma = backend.mean_sigma(x, t, y)
-        step = torch.zeros_like(mu)
-        if i in window and cfg.scale:
-            c0, ct = backend.schedule.posterior_weights(t)
-            x0 = ((mu - ct * x) / c0).detach().requires_grad_(True)
-            objective = guidance_objective(backend.decode_with_grad(x0), dataset_label, nets, targets, cfg.deviation)
-            grad = torch.autograd.grad(objective, x0)[0]
-            rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
-            step = c0 * cfg.scale * grad / rms
+    applied: list[float] = []
+
+    def adjust(i: int, t: int, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        if i not in window or not cfg.scale:
+            applied.append(0.0)
+            return mu
+        c0, ct = backend.schedule.posterior_weights(t)
+        x0 = ((mu - ct * x) / c0).detach().requires_grad_(True)
+        objective = guidance_objective(backend.decode_with_grad(x0), dataset_label, nets, targets, cfg.deviation)
+        grad = torch.autograd.grad(objective, x0)[0]
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (grad.dim() - 1))
+        step = c0 * cfg.scale * grad / rms
         applied.append(float(step.pow(2).mean().sqrt()))
-        x = (mu + step + sigma * noise[i].to(dev)).detach()
-    return x, applied
+        return mu + step
+
+    return mean_guided_sample(backend, label, n, generator, adjust), applied
 
 
 @register

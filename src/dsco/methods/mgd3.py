@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..kmeans import kmeans
-from ..models.diffusion import DiffusionBackend, device_of
+from ..models.diffusion import DiffusionBackend, device_of, mean_guided_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 
@@ -32,22 +32,19 @@ def pull_to_mode(mu: torch.Tensor, x_t: torch.Tensor, modes: torch.Tensor, weigh
     return mu + c0 * scale * (modes - x0)
 
 
-@torch.no_grad()
 def mode_guided_sample(backend: DiffusionBackend, label: int, modes: torch.Tensor, cfg: MGD3Config,
                        generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """Ancestral sampling where, on the guided steps, the posterior mean is moved as if the predicted clean
     sample were `scale` of the way closer to the sample's mode (`pull_to_mode`)."""
-    dev, n = device_of(backend), len(modes)
-    x = torch.randn((n, *backend.sample_shape), generator=generator).to(dev)
-    noise = torch.randn((len(backend.timesteps), n, *backend.sample_shape), generator=generator)
-    y, modes = torch.full((n,), label, dtype=torch.long, device=dev), modes.to(dev)
+    modes = modes.to(device_of(backend))
     guided = guided_steps(len(backend.timesteps), cfg.stop_fraction)
-    for i, t in enumerate(backend.timesteps):
-        mu, sigma = backend.mean_sigma(x, t, y)
+
+    def adjust(i: int, t: int, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         if i in guided and cfg.scale:
-            mu = pull_to_mode(mu, x, modes, backend.schedule.posterior_weights(t), cfg.scale)
-        x = mu + sigma * noise[i].to(dev)
-    return x, list(guided)
+            return pull_to_mode(mu, x, modes, backend.schedule.posterior_weights(t), cfg.scale)
+        return mu
+
+    return mean_guided_sample(backend, label, len(modes), generator, adjust), list(guided)
 
 
 @register

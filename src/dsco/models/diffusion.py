@@ -6,7 +6,7 @@ with `eps` supplied by the caller: that noise is exactly what NOpt optimises.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -132,6 +132,22 @@ def ancestral_sample(
     for i, t in enumerate(backend.timesteps[start:]):
         mu, sigma = backend.mean_sigma(x, t, y)
         x = mu + sigma * step_noise[i].to(dev)
+    return x
+
+
+MeanAdjust = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, x_t, mu) -> new mu
+
+
+def mean_guided_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator, adjust: MeanAdjust) -> torch.Tensor:
+    """Ancestral sampling from N(0, I) in which `adjust` may move each step's posterior mean (guidance that acts
+    through the predicted clean sample: MGD3's modes, IGD's influence). The model runs without gradient."""
+    dev = device_of(backend)
+    x_T, noise = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
+    x, y = x_T.to(dev), torch.full((n,), label, dtype=torch.long, device=dev)
+    for i, t in enumerate(backend.timesteps):
+        with torch.no_grad():
+            mu, sigma = backend.mean_sigma(x, t, y)
+        x = (adjust(i, t, x, mu) + sigma * noise[i].to(dev)).detach()
     return x
 
 
