@@ -101,13 +101,11 @@ class RespacedSchedule:
         self, x_t: torch.Tensor, eps_pred: torch.Tensor, t: int, clip: float | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, sigma) of q(x_prev | x_t, x0_pred) on the respaced chain; sigma = 0 at the last step."""
-        abar_t, abar_prev = float(self.alphas_cumprod[t]), self.prev_abar(t)
-        beta = 1 - abar_t / abar_prev
-        x0 = (x_t - (1 - abar_t) ** 0.5 * eps_pred) / abar_t**0.5
+        x0 = self.predict_x0(x_t, eps_pred, t)
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
         c0, ct = self.posterior_weights(t)
-        var = beta * (1 - abar_prev) / (1 - abar_t)
+        _, var = self.step_variances(t)
         return c0 * x0 + ct * x_t, torch.full((), var**0.5, dtype=x_t.dtype)
 
 
