@@ -24,6 +24,9 @@ from dsco.fsio import atomic_write_json
 from dsco.generator_metrics import pixel_stats, sample_set
 from dsco.models.pixel import PixelBackend
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from generator_curve import random_real_set  # noqa: E402  (the same random line in both benchmarks)
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,13 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "guidance": a.guidance, "machine": machine(), "command": " ".join(["python", *sys.argv]),
                                   "test_stats": pixel_stats(test.images), "rows": rows})
 
-    real = []
-    for seed in range(a.seeds):
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.cat([torch.nonzero(train.labels == c).flatten()[torch.randperm(int((train.labels == c).sum()), generator=g)[: a.ipc]]
-                         for c in range(train.num_classes)])
-        real.append(ImageSet(train.images[idx], train.labels[idx], train.class_names, "random"))
-    record("random real", real)
+    record("random real", [random_real_set(train, a.ipc, seed) for seed in range(a.seeds)])
     for model in a.models:
         backend = PixelBackend.load(model, num_steps=50, guidance=a.guidance)
         record(str(Path(model)), [sample_set(backend, a.ipc, seed, train.class_names) for seed in range(a.seeds)])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dsco.baselines import random_subset
 from dsco.bench import machine
 from dsco.concentrate import ConcentrateConfig, concentrate, default_teacher_dir
 from dsco.data import ImageSet, load_dataset
@@ -79,14 +80,18 @@ def model_row(model: str, a: argparse.Namespace, train: ImageSet, test: ImageSet
     return row
 
 
+def random_real_set(train: ImageSet, ipc: int, seed: int) -> ImageSet:
+    """`ipc` real images of each class drawn at random: the line a synthetic set of that size must beat."""
+    g = torch.Generator().manual_seed(seed)
+    idx = [train.indices_of(c) for c in range(train.num_classes)]
+    return train.subset(torch.cat([i[random_subset(i, ipc, g)] for i in idx]))
+
+
 def random_row(a: argparse.Namespace, train: ImageSet, test: ImageSet) -> dict:
     def compute() -> dict:
         sets = []
         for seed in range(a.seeds):
-            g = torch.Generator().manual_seed(seed)
-            idx = torch.cat([torch.nonzero(train.labels == c).flatten()[torch.randperm(int((train.labels == c).sum()), generator=g)[: a.ipc]]
-                             for c in range(train.num_classes)])
-            s = ImageSet(train.images[idx], train.labels[idx], train.class_names, "random")
+            s = random_real_set(train, a.ipc, seed)
             sets.append({"convnet3": accs(s, test, "cpu-small", a.runs), "bn_convnet3": accs(s, test, "cpu-bn-convnet", a.bn_runs)})
         return {"sets": sets, "convnet3": summary([statistics.fmean(s["convnet3"]) for s in sets]),
                 "bn_convnet3": summary([statistics.fmean(s["bn_convnet3"]) for s in sets])}
