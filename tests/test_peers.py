@@ -89,6 +89,28 @@ def test_d3hr_keeps_a_group_that_beats_random_groups_on_its_own_score():
     assert score <= float(others.min()) or (others > score).float().mean() > 0.95
 
 
+def test_d3hr_inverts_a_class_once_and_reads_its_statistics_back_for_other_sets(tiny_backend, tiny_model_dir, tmp_path, monkeypatch):
+    import dsco.methods.d3hr as d3hr
+    from dsco.models.pixel import PixelBackend
+
+    z0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    calls = []
+    invert = d3hr.ddim_invert
+    monkeypatch.setattr(d3hr, "ddim_invert", lambda *a, **k: calls.append(1) or invert(*a, **k))
+    mean, std, first = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
+    again_mean, again_std, again = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
+    assert len(calls) == 1 and not first["inversion_cached"] and again["inversion_cached"]
+    assert torch.equal(mean, again_mean) and torch.equal(std, again_std)
+    assert again["inversion_seconds"] == pytest.approx(first["inversion_seconds"])
+    direct = invert(tiny_backend, z0, 1, 2).flatten(1).double()
+    assert torch.allclose(mean, direct.mean(0).float()) and torch.allclose(std, direct.std(0).float())
+    # another class, start step, sample set or guidance scale is inverted anew
+    other_guidance = PixelBackend.load(tiny_model_dir, num_steps=5, guidance=3.0)
+    for args in ((tiny_backend, z0, 0, 2), (tiny_backend, z0, 1, 3), (tiny_backend, z0[:5], 1, 2), (other_guidance, z0, 1, 2)):
+        d3hr.inverted_statistics(*args, str(tmp_path / "c"))
+    assert len(calls) == 5
+
+
 def test_mgd3_guidance_stops_at_the_named_step(tiny_backend, monkeypatch):
     import dsco.methods.mgd3 as mgd3
 

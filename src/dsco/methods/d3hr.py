@@ -1,13 +1,20 @@
 """D3HR (Zhao et al., ICML 2025): the class's real samples are mapped by DDIM inversion into the noise domain,
 where the class is close to a Gaussian; among many candidate groups of IPC noises drawn from that Gaussian, the
-group whose mean, std and skewness best match it is kept and denoised with DDIM."""
+group whose mean, std and skewness best match it is kept and denoised with DDIM. The inversion is deterministic and
+costs far more than the rest (every real sample of the class, ~2/3 of the chain), so a class's statistics are
+cached, keyed by the model, the class's samples and the sampler (different IPCs and seeds share them)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
+from safetensors.torch import load_file, save
 
+from ..cache import cache_dir, content_key
 from ..errors import DscoError
+from ..fsio import atomic_write_bytes
 from ..models.diffusion import DiffusionBackend, device_of
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
@@ -18,6 +25,7 @@ class D3HRConfig:
     candidates: int = 100_000  # candidate groups (D3HR's m)
     candidate_batch: int = 1000  # groups scored at once (memory: batch x IPC x sample size floats)
     skew_weight: float = 0.1
+    cache: Optional[str] = None  # inverted class statistics; None = ~/.cache/dsco/d3hr
 
 
 def start_index(steps: int, fraction: float) -> int:
@@ -37,6 +45,28 @@ def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: 
             x = backend.schedule.ddim_move(x, backend.eps(x, t, y), t, float(backend.schedule.alphas_cumprod[t_next]))
         out.append(x.cpu())
     return torch.cat(out)
+
+
+def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: int,
+                        cache: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Per-dimension mean and std of the class's samples inverted to timestep index `start`, from the cache or
+    computed now and cached. The key holds the denoiser's weights, the samples, the respaced steps and the guided
+    eps of a fixed probe, so any setting that changes the inversion (guidance, embedding constants) changes it."""
+    ts = backend.timesteps
+    probe_x = torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device_of(backend))
+    with torch.no_grad():
+        probe = backend.eps(probe_x, ts[start], torch.full((1,), label, dtype=torch.long, device=probe_x.device))
+    key = content_key(backend.denoiser, [z0, probe], {"label": label, "start": start, "timesteps": list(ts)})
+    path = cache_dir("d3hr", cache) / f"{key}.safetensors"
+    if path.is_file():
+        stats = load_file(str(path))
+        return stats["mean"], stats["std"], {"inversion_cached": True, "inversion_seconds": float(stats["seconds"])}
+    t0 = time.perf_counter()
+    inverted = ddim_invert(backend, z0, label, start).flatten(1).double()
+    mean, std = inverted.mean(0).float(), inverted.std(0).float()
+    seconds = time.perf_counter() - t0
+    atomic_write_bytes(path, save({"mean": mean.contiguous(), "std": std.contiguous(), "seconds": torch.tensor([seconds])}))
+    return mean, std, {"inversion_cached": False, "inversion_seconds": seconds}
 
 
 def group_scores(groups: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, skew_weight: float) -> torch.Tensor:
@@ -87,8 +117,7 @@ class D3HR(Method):
         backend, cfg = task.backend, task.cfg.d3hr
         start = start_index(len(backend.timesteps), cfg.start_fraction)
         z0 = task.real_targets()
-        inverted = ddim_invert(backend, z0, task.model_label, start).flatten(1).double()
-        mean, std = inverted.mean(0), inverted.std(0)
-        group, score = best_group(mean.float(), std.float(), task.n, cfg, task.generator)
+        mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache)
+        group, score = best_group(mean, std, task.n, cfg, task.generator)
         z = ddim_generate(backend, group.reshape(task.n, *z0.shape[1:]), task.model_label, start)
-        return synthetic_output(backend, z, {"start_step": start, "group_score": score, "targets": len(z0)})
+        return synthetic_output(backend, z, {"start_step": start, "group_score": score, "targets": len(z0), **inversion})

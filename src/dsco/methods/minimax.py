@@ -5,16 +5,14 @@ plainly. The fine-tuned weights are cached, keyed by the base weights, the data 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
 
+from ..cache import cache_dir, content_key
 from ..fsio import atomic_write_bytes
 from ..models.diffusion import DiffusionBackend, device_of, plain_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
@@ -89,21 +87,13 @@ def fine_tune(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tenso
 
 
 def cache_key(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tensor, cfg: MinimaxConfig, seed: int) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(backend.denoiser.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(data.cpu().contiguous().numpy().tobytes())
-    h.update(labels.cpu().numpy().tobytes())
     settings = {k: v for k, v in asdict(cfg).items() if k != "cache"}
-    h.update(json.dumps({**settings, "seed": seed}, sort_keys=True).encode())
-    return h.hexdigest()[:20]
+    return content_key(backend.denoiser, [data, labels], {**settings, "seed": seed})
 
 
 def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tensor, cfg: MinimaxConfig, seed: int) -> DiffusionBackend:
     """The backend around the fine-tuned denoiser, from the cache or fine-tuned now and cached."""
-    root = Path(cfg.cache) if cfg.cache else Path.home() / ".cache" / "dsco" / "minimax"
-    path = root / f"{cache_key(backend, data, labels, cfg, seed)}.safetensors"
+    path = cache_dir("minimax", cfg.cache) / f"{cache_key(backend, data, labels, cfg, seed)}.safetensors"
     net = copy.deepcopy(backend.denoiser)
     if path.is_file():
         net.load_state_dict(load_file(str(path)))
