@@ -55,6 +55,15 @@ def test_each_peer_writes_a_valid_set_on_the_dit(method, tmp_path):
     assert verify(out) == [] and read_manifest(out)["counts"] == [2, 2]
 
 
+def test_a_set_made_with_cached_work_counts_that_work_in_its_cost(tmp_path, folder, tiny_model_dir):
+    runs = [concentrate(peer_config("d3hr", dataset=str(folder), out=str(tmp_path / f"o{i}"), ipc=2, seed=i,
+                                    model=str(tiny_model_dir)), progress=False) for i in range(2)]
+    first, second = (read_manifest(r) for r in runs)
+    assert first["reused_seconds"] == 0 and not any(s["inversion_cached"] for s in first["class_stats"].values())
+    inverted = sum(s["inversion_seconds"] for s in first["class_stats"].values())
+    assert second["reused_seconds"] == pytest.approx(inverted, abs=1e-2)
+
+
 def test_kmeans_finds_obvious_clusters():
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -101,7 +110,7 @@ def test_d3hr_inverts_a_class_once_and_reads_its_statistics_back_for_other_sets(
     again_mean, again_std, again = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
     assert len(calls) == 1 and not first["inversion_cached"] and again["inversion_cached"]
     assert torch.equal(mean, again_mean) and torch.equal(std, again_std)
-    assert again["inversion_seconds"] == pytest.approx(first["inversion_seconds"])
+    assert again["reused_seconds"] == pytest.approx(first["inversion_seconds"])
     direct = invert(tiny_backend, z0, 1, 2).flatten(1).double()
     assert torch.allclose(mean, direct.mean(0).float()) and torch.allclose(std, direct.std(0).float())
     # another class, start step, sample set or guidance scale is inverted anew
@@ -174,9 +183,11 @@ def test_minimax_fine_tuning_lowers_its_objective_and_is_cached(tiny_backend, ti
 
     net, losses = fine_tune(tiny_backend, data, labels, cfg, torch.Generator().manual_seed(0))
     assert objective(tiny_backend.with_denoiser(net)) < objective(tiny_backend)
-    first = tuned_backend(tiny_backend, data, labels, cfg, 0)
+    first, made = tuned_backend(tiny_backend, data, labels, cfg, 0)
     assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
-    again = tuned_backend(tiny_backend, data, labels, cfg, 0)  # from the cache: the same weights
+    again, read = tuned_backend(tiny_backend, data, labels, cfg, 0)  # from the cache: the same weights
+    assert not made["fine_tune_cached"] and read["fine_tune_cached"]
+    assert read["reused_seconds"] == pytest.approx(made["fine_tune_seconds"], abs=1e-3)
     assert all(torch.equal(p, q) for p, q in zip(first.denoiser.parameters(), again.denoiser.parameters()))
 
 

@@ -60,7 +60,7 @@ def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int,
     path = cache_dir("d3hr", cache) / f"{key}.safetensors"
     if path.is_file():
         stats = load_file(str(path))
-        return stats["mean"], stats["std"], {"inversion_cached": True, "inversion_seconds": float(stats["seconds"])}
+        return stats["mean"], stats["std"], {"inversion_cached": True, "reused_seconds": float(stats["seconds"])}
     t0 = time.perf_counter()
     inverted = ddim_invert(backend, z0, label, start).flatten(1).double()
     mean, std = inverted.mean(0).float(), inverted.std(0).float()

@@ -5,11 +5,13 @@ plainly. The fine-tuned weights are cached, keyed by the base weights, the data 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..cache import cache_dir, content_key
@@ -91,16 +93,23 @@ def cache_key(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tenso
     return content_key(backend.denoiser, [data, labels], {**settings, "seed": seed})
 
 
-def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tensor, cfg: MinimaxConfig, seed: int) -> DiffusionBackend:
-    """The backend around the fine-tuned denoiser, from the cache or fine-tuned now and cached."""
+def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.Tensor, cfg: MinimaxConfig,
+                  seed: int) -> tuple[DiffusionBackend, dict]:
+    """The backend around the fine-tuned denoiser, from the cache or fine-tuned now and cached, and the
+    fine-tuning's seconds (as `reused_seconds` when read from the cache)."""
     path = cache_dir("minimax", cfg.cache) / f"{cache_key(backend, data, labels, cfg, seed)}.safetensors"
     net = copy.deepcopy(backend.denoiser)
     if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            seconds = float((f.metadata() or {}).get("seconds", 0.0))
         net.load_state_dict(load_file(str(path)))
-    else:
-        net, _ = fine_tune(backend, data, labels, cfg, torch.Generator().manual_seed(seed))
-        atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
-    return backend.with_denoiser(net)
+        return backend.with_denoiser(net), {"fine_tune_cached": True, "reused_seconds": seconds}
+    t0 = time.perf_counter()
+    net, _ = fine_tune(backend, data, labels, cfg, torch.Generator().manual_seed(seed))
+    seconds = time.perf_counter() - t0
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+                                  metadata={"seconds": f"{seconds:.3f}"}))
+    return backend.with_denoiser(net), {"fine_tune_cached": False, "fine_tune_seconds": seconds}
 
 
 @register
@@ -113,6 +122,8 @@ class Minimax(Method):
         if "tuned" not in task.shared:  # one fine-tuning per run, on every class
             data = [task.targets_of(c) for c in range(task.num_classes)]
             labels = torch.cat([torch.full((len(d),), task.model_labels[c]) for c, d in enumerate(data)])
-            task.shared["tuned"] = tuned_backend(task.backend, torch.cat(data), labels, task.cfg.minimax, task.cfg.seed)
-        tuned = task.shared["tuned"]
-        return synthetic_output(tuned, plain_sample(tuned, task.model_label, task.n, task.generator))
+            tuned, info = tuned_backend(task.backend, torch.cat(data), labels, task.cfg.minimax, task.cfg.seed)
+            task.shared["tuned"] = tuned
+        else:  # the fine-tuning (and its cost) is recorded with the first class
+            tuned, info = task.shared["tuned"], {}
+        return synthetic_output(tuned, plain_sample(tuned, task.model_label, task.n, task.generator), info)
