@@ -119,6 +119,10 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     cfg.ipcs, cfg.cached_only = [1, 2, 3], True  # IPC 3 was never computed: left out, nothing computed
     r = json.loads((bench(cfg) / "results.json").read_text())
     assert {c["ipc"] for c in r["cells"]} == {1, 2} and not (out / "sets" / "random-ipc3").exists()
+    cfg.synthesis_seeds = 3  # assembling before the third sets exist: the cells use the two, and say so
+    r = json.loads((bench(cfg) / "results.json").read_text())
+    assert next(c for c in r["cells"] if c["method"] == "diffusion")["sets"] == 2
+    assert not (out / "sets" / "diffusion-ipc2-s2").exists() and "(2 sets)" in (out / "results.md").read_text()
 
 
 def test_results_schema_rejects_a_broken_file():
