@@ -125,6 +125,18 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     assert not (out / "sets" / "diffusion-ipc2-s2").exists() and "(2 sets)" in (out / "results.md").read_text()
 
 
+def test_dsco_is_ahead_or_behind_a_method_only_beyond_the_combined_spread():
+    from dsco.bench import render_versus, versus
+
+    cell = lambda m, mean, std: {"method": m, "ipc": 10, "mean": mean, "std": std, "synthesis_seconds": 1.0}
+    r = {"cells": [cell("dsco", 0.90, 0.01), cell("d4m", 0.85, 0.02), cell("mgd3", 0.91, 0.02), cell("random", 0.95, 0.03)]}
+    rows = {x["method"]: x for x in versus(r)[10]}
+    assert rows["d4m"]["verdict"] == "ahead" and rows["d4m"]["diff"] == pytest.approx(5.0)
+    assert rows["d4m"]["spread"] == pytest.approx((0.01**2 + 0.02**2) ** 0.5 * 100)
+    assert rows["mgd3"]["verdict"] == "level" and rows["random"]["verdict"] == "behind"
+    assert "ahead of d4m (+5.00 ± 2.24)" in "\n".join(render_versus(r))
+
+
 def test_results_schema_rejects_a_broken_file():
     good = {"dataset": "d", "arch": "convnet3", "runs": 3, "machine": "m", "command": "c",
             "full": {"mean": 0.9, "std": 0.01}, "cells": [{"method": "dsco", "ipc": 10, "mean": 0.5, "std": 0.1,

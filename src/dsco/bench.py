@@ -360,6 +360,7 @@ def render_table(r: dict[str, Any]) -> str:
             lines.append(f"| {m} | {lab} | " + " | ".join(vals) + " |")
         lines += ["", "Lossless point (smallest budget within one std of full data): " +
                   ", ".join(f"{k}: {'none' if v is None else f'{v:.0%}'}" for k, v in r["lossless_point"].items())]
+    lines += render_versus(r)
     if r.get("lrs"):
         lines += render_lrs(r)
     if r.get("bn") and r["bn"]["cells"]:
@@ -374,6 +375,40 @@ def render_table(r: dict[str, Any]) -> str:
         lines += render_cross(r)
     lines += ["", f"Machine: {r['machine']}", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def versus(r: dict[str, Any], ours: str = "dsco") -> dict[int, list[dict]]:
+    """Per IPC, `ours` minus every other method in points, with the combined spread sqrt(s_a^2 + s_b^2) of the two
+    cells (between synthesis seeds for model-based cells) and a verdict: ahead / behind when the difference
+    exceeds that spread, else level."""
+    by = {(c["method"], c["ipc"]): c for c in r["cells"]}
+    out: dict[int, list[dict]] = {}
+    for ipc in sorted({c["ipc"] for c in r["cells"]}):
+        mine = by.get((ours, ipc))
+        if mine is None:
+            continue
+        rows = []
+        for c in (c for c in r["cells"] if c["ipc"] == ipc and c["method"] != ours):
+            diff, spread = (mine["mean"] - c["mean"]) * 100, math.hypot(mine["std"], c["std"]) * 100
+            verdict = "ahead" if diff > spread else "behind" if diff < -spread else "level"
+            rows.append({"method": c["method"], "diff": diff, "spread": spread, "verdict": verdict})
+        out[ipc] = rows
+    return out
+
+
+def render_versus(r: dict[str, Any], ours: str = "dsco") -> list[str]:
+    """The `versus` comparison as one line per IPC, same-generator (model-based) methods first."""
+    table = versus(r, ours)
+    if not table:
+        return []
+    lines = ["", f"{ours} against each method, points (± combined spread; ahead / behind only beyond it):", ""]
+    for ipc, rows in table.items():
+        rows = sorted(rows, key=lambda x: (x["method"] not in DIFFUSION_METHODS, -x["diff"]))
+        lines.append(f"- IPC {ipc}: " + "; ".join(f"{x['verdict']} of {x['method']} ({x['diff']:+.2f} ± {x['spread']:.2f})"
+                                                  if x["verdict"] != "level" else
+                                                  f"level with {x['method']} ({x['diff']:+.2f} ± {x['spread']:.2f})"
+                                                  for x in rows))
+    return lines
 
 
 def render_lrs(r: dict[str, Any]) -> list[str]:
