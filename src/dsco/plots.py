@@ -14,6 +14,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from .data import ImageSet  # noqa: E402
 from .fsio import atomic_write_bytes  # noqa: E402
+from .methods import DIFFUSION_METHODS  # noqa: E402
 from .outputset import load_output_set  # noqa: E402
 
 
@@ -25,11 +26,14 @@ def _save(fig, path: Path) -> None:
 
 
 def _per_method(r: dict[str, Any], key: str, ylabel: str, path: Path, log: bool = False, full: bool = False) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in dict.fromkeys(c["method"] for c in r["cells"]):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab20").colors
+    for i, m in enumerate(dict.fromkeys(c["method"] for c in r["cells"])):
         rows = sorted((c for c in r["cells"] if c["method"] == m), key=lambda c: c["ipc"])
         ys = [c[key] * (100 if key == "mean" else 1) for c in rows]
-        ax.plot([c["ipc"] for c in rows], ys, marker="o", label=m)
+        # model-based methods solid, the rest (real selection, DM) dashed; one colour each from 20
+        ax.plot([c["ipc"] for c in rows], ys, marker="o", label=m, color=colours[(2 * i) % 20 + (2 * i) // 20],
+                ls="-" if m in DIFFUSION_METHODS else "--")
         if key == "mean":
             ax.fill_between([c["ipc"] for c in rows], [y - c["std"] * 100 for y, c in zip(ys, rows)],
                             [y + c["std"] * 100 for y, c in zip(ys, rows)], alpha=0.15)
@@ -41,7 +45,7 @@ def _per_method(r: dict[str, Any], key: str, ylabel: str, path: Path, log: bool 
     ax.set_xlabel("images per class")
     ax.set_ylabel(ylabel)
     ax.set_title(r["dataset"])
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, path)
 
 
@@ -83,7 +87,7 @@ def plot_all(r: dict[str, Any], out: Path, real: ImageSet) -> None:
         plot_curve(r, out / "lossless_curve.png")
     ipc = 10 if any(c["ipc"] == 10 for c in r["cells"]) else r["cells"][0]["ipc"]
     sets = {"real": real}
-    for m in ("diffusion", "dsco", "dsco-datafree", "dm"):
+    for m in dict.fromkeys(c["method"] for c in r["cells"]):  # every method of the table that made a set
         p = out / "sets" / f"{m}-ipc{ipc}"
         if (p / "manifest.json").is_file():
             sets[m] = load_output_set(p)
