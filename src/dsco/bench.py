@@ -404,9 +404,8 @@ def render_versus(r: dict[str, Any], ours: str = "dsco") -> list[str]:
     lines = ["", f"{ours} against each method, points (± combined spread; ahead / behind only beyond it):", ""]
     for ipc, rows in table.items():
         rows = sorted(rows, key=lambda x: (x["method"] not in DIFFUSION_METHODS, -x["diff"]))
-        lines.append(f"- IPC {ipc}: " + "; ".join(f"{x['verdict']} of {x['method']} ({x['diff']:+.2f} ± {x['spread']:.2f})"
-                                                  if x["verdict"] != "level" else
-                                                  f"level with {x['method']} ({x['diff']:+.2f} ± {x['spread']:.2f})"
+        phrase = {"ahead": "ahead of", "behind": "behind", "level": "level with"}
+        lines.append(f"- IPC {ipc}: " + "; ".join(f"{phrase[x['verdict']]} {x['method']} ({x['diff']:+.2f} ± {x['spread']:.2f})"
                                                   for x in rows))
     return lines
 
