@@ -191,6 +191,21 @@ def test_minimax_fine_tuning_lowers_its_objective_and_is_cached(tiny_backend, ti
     assert all(torch.equal(p, q) for p, q in zip(first.denoiser.parameters(), again.denoiser.parameters()))
 
 
+def test_d3hr_group_score_is_mean_std_and_adjusted_skewness_distances():
+    g = torch.Generator().manual_seed(4)
+    groups, mean, std = torch.randn((7, 5, 40), generator=g).double() * 1.3 + 0.2, torch.randn(40).double(), torch.rand(40).double() + 0.5
+    d = 40
+    expected = []
+    for grp in groups:
+        skews = []
+        for x in grp:  # the adjusted Fisher-Pearson skewness of one sample's values
+            m = x.mean()
+            s = ((x - m) ** 2).sum().div(d - 1).sqrt()
+            skews.append(d / ((d - 1) * (d - 2)) * (((x - m) / s) ** 3).sum())
+        expected.append((grp.mean(0) - mean).norm() + (grp.std(0) - std).norm() + 0.1 * torch.stack(skews).norm())
+    assert torch.allclose(group_scores(groups, mean, std, 0.1), torch.stack(expected))
+
+
 def test_d3hr_scores_a_group_of_one_without_its_undefined_std():
     mean, std = torch.zeros(16), torch.ones(16)
     group, score = best_group(mean, std, 1, D3HRConfig(candidates=20, candidate_batch=8), torch.Generator().manual_seed(0))
