@@ -135,6 +135,9 @@ def test_dsco_is_ahead_or_behind_a_method_only_beyond_the_combined_spread():
     assert rows["d4m"]["spread"] == pytest.approx((0.01**2 + 0.02**2) ** 0.5 * 100)
     assert rows["mgd3"]["verdict"] == "level" and rows["random"]["verdict"] == "behind"
     assert "ahead of d4m (+5.00 ± 2.24)" in "\n".join(render_versus(r))
+    r["synthesis_seeds"], r["cells"][0]["sets"], r["cells"][1]["sets"], r["cells"][2]["sets"] = 3, 3, 1, 3
+    rows = {x["method"]: x for x in versus(r)[10]}  # d4m's cell is one set: only its verdict is flagged
+    assert [m for m, x in rows.items() if x["fewer_sets"]] == ["d4m"] and "(+5.00 ± 2.24)*" in "\n".join(render_versus(r))
 
 
 def test_results_schema_rejects_a_broken_file():
