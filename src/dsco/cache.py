@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .fsio import atomic_write_bytes
 
 
 def cache_dir(kind: str, override: Optional[str] = None) -> Path:
@@ -27,3 +31,15 @@ def content_key(module: torch.nn.Module, tensors: list[torch.Tensor], settings: 
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:20]
+
+
+def write_entry(path: Path, tensors: dict[str, torch.Tensor], seconds: float) -> None:
+    """Store a cache entry and the seconds its computation took (so a later reader can count that work)."""
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                  metadata={"seconds": repr(float(seconds))}))
+
+
+def read_entry(path: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """A cache entry's tensors and the seconds its computation took, in one read."""
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, float((f.metadata() or {}).get("seconds", 0.0))

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save
 
-from ..cache import cache_dir, content_key
+from ..cache import cache_dir, content_key, read_entry, write_entry
 from ..errors import DscoError
-from ..fsio import atomic_write_bytes
 from ..models.diffusion import DiffusionBackend, device_of
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
@@ -59,13 +57,13 @@ def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int,
     key = content_key(backend.denoiser, [z0, probe], {"label": label, "start": start, "timesteps": list(ts)})
     path = cache_dir("d3hr", cache) / f"{key}.safetensors"
     if path.is_file():
-        stats = load_file(str(path))
-        return stats["mean"], stats["std"], {"inversion_cached": True, "reused_seconds": float(stats["seconds"])}
+        stats, seconds = read_entry(path)
+        return stats["mean"], stats["std"], {"inversion_cached": True, "reused_seconds": seconds}
     t0 = time.perf_counter()
     inverted = ddim_invert(backend, z0, label, start).flatten(1).double()
     mean, std = inverted.mean(0).float(), inverted.std(0).float()
     seconds = time.perf_counter() - t0
-    atomic_write_bytes(path, save({"mean": mean.contiguous(), "std": std.contiguous(), "seconds": torch.tensor([seconds])}))
+    write_entry(path, {"mean": mean, "std": std}, seconds)
     return mean, std, {"inversion_cached": False, "inversion_seconds": seconds}
 
 

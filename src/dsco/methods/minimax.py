@@ -11,11 +11,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save
 
-from ..cache import cache_dir, content_key
-from ..fsio import atomic_write_bytes
+from ..cache import cache_dir, content_key, read_entry, write_entry
 from ..models.diffusion import DiffusionBackend, device_of, plain_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
@@ -100,15 +97,13 @@ def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.T
     path = cache_dir("minimax", cfg.cache) / f"{cache_key(backend, data, labels, cfg, seed)}.safetensors"
     net = copy.deepcopy(backend.denoiser)
     if path.is_file():
-        with safe_open(str(path), "pt") as f:
-            seconds = float((f.metadata() or {}).get("seconds", 0.0))
-        net.load_state_dict(load_file(str(path)))
+        weights, seconds = read_entry(path)
+        net.load_state_dict(weights)
         return backend.with_denoiser(net), {"fine_tune_cached": True, "reused_seconds": seconds}
     t0 = time.perf_counter()
     net, _ = fine_tune(backend, data, labels, cfg, torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - t0
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-                                  metadata={"seconds": f"{seconds:.3f}"}))
+    write_entry(path, net.state_dict(), seconds)
     return backend.with_denoiser(net), {"fine_tune_cached": False, "fine_tune_seconds": seconds}
 
 
