@@ -42,9 +42,15 @@ def train_surrogate(train: ImageSet, cfg: IGDConfig, seed: int) -> list[torch.nn
     return nets
 
 
+def _device(nets: list[torch.nn.Module]) -> torch.device:
+    """Where the surrogate lives (train_classifier puts it on the GPU when there is one)."""
+    return next(nets[0].parameters()).device
+
+
 def class_gradients(nets: list[torch.nn.Module], images: torch.Tensor, label: int) -> list[list[torch.Tensor]]:
     """Each checkpoint's average loss gradient over the class's real images (TracIn's target direction)."""
-    y = torch.full((len(images),), label, dtype=torch.long)
+    images = images.to(_device(nets))
+    y = torch.full((len(images),), label, dtype=torch.long, device=images.device)
     out = []
     for net in nets:
         loss = F.cross_entropy(net(images * 2 - 1), y)
@@ -54,10 +60,11 @@ def class_gradients(nets: list[torch.nn.Module], images: torch.Tensor, label: in
 
 def guidance_objective(images: torch.Tensor, label: int, nets: list[torch.nn.Module], targets: list[list[torch.Tensor]],
                        deviation: float) -> torch.Tensor:
-    """sum_i [TracIn influence of image i] - deviation * sum_i max_{j != i} cos(f_i, f_j); differentiable in images."""
-    y = torch.full((len(images),), label, dtype=torch.long)
-    x = images * 2 - 1
-    influence = images.new_zeros(())
+    """sum_i [TracIn influence of image i] - deviation * sum_i max_{j != i} cos(f_i, f_j); differentiable in images
+    (which may live on another device than the surrogate: the backend's)."""
+    x = images.to(_device(nets)) * 2 - 1
+    y = torch.full((len(images),), label, dtype=torch.long, device=x.device)
+    influence = x.new_zeros(())
     for net, target in zip(nets, targets):
         loss = F.cross_entropy(net(x), y, reduction="sum")
         grads = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
