@@ -203,6 +203,14 @@ def test_target_noise_is_standard_normal_with_five_strata():
     assert all(sorted(torch.floor(u[:, d] * 5).long().tolist()) == [0, 1, 2, 3, 4] for d in range(u.shape[1]))
 
 
+def test_target_noise_in_chunks_equals_one_hypercube_per_target():
+    # the chunked form (sorting and ndtri batched, on the targets' device) draws the same stream in the same order
+    for m, k, chunk in [(37, 5, 16), (3, 1, 16), (20, 2, 7)]:
+        g = torch.Generator().manual_seed(m)
+        per_target = torch.stack([latin_hypercube_normal(k, (2, 3, 3), g, midpoints=False) for _ in range(m)], 1)
+        assert torch.equal(stratified_target_noise(m, k, (2, 3, 3), torch.Generator().manual_seed(m), chunk=chunk), per_target)
+
+
 def test_x_T_stays_on_the_stratum_midpoints():
     x = latin_hypercube_normal(5, (3,), torch.Generator().manual_seed(0))
     expected = torch.special.ndtri((torch.arange(5, dtype=torch.float64) + 0.5) / 5).float()
