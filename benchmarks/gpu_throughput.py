@@ -1,10 +1,15 @@
-"""Throughput and peak GPU memory of a DiT-XL/2-sized model at 256x256: plain DDIM vs NOpt, bf16 vs fp32.
+"""Throughput and peak GPU memory of a DiT-XL/2-sized model at 256x256: plain DDIM vs NOpt, bf16 vs fp32, and every method of the registry.
 
 Random weights (speed does not depend on them): DiT-XL/2 (28 layers, width 1152, 16 heads, patch 2,
 1000 classes, learned sigma) and the SD VAE architecture (4 levels 128-256-512-512). Each cell
 synthesises `--classes` classes at an IPC with guidance 4.0 and 50 steps, VAE decode included, and
 reports images per second and peak allocated GPU memory. NOpt runs on random "real" latents
 (`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) and the budget preset (the mnist5k default).
+Any other name in `--methods` is a method of the registry (diffusion, dsco, d4m, d3hr, mgd3, igd, minimax, ...)
+run through its `synthesise` exactly as `dsco concentrate` runs it, with its default knobs, on the same random
+latents (and, for a method that trains on the pixels, `--train-images` random images per class); its cell
+also records each class's seconds, so one-off work (Minimax's fine-tuning, IGD's surrogate) is read apart
+from the per-class cost.
 
     python benchmarks/gpu_throughput.py --out benchmarks/results/gpu_throughput.json
     python benchmarks/gpu_throughput.py --tiny --device cpu --out /tmp/smoke.json   # a CPU smoke run
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
@@ -20,7 +26,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from dsco.bench import machine
-from dsco.concentrate import nopt_preset
+from dsco.concentrate import ConcentrateConfig, nopt_preset
+from dsco.data import ImageSet
+from dsco.methods import ClassTask, method_named
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from
 from dsco.nopt import NOptConfig, nopt_class
@@ -96,12 +104,58 @@ def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: i
             "nopt": asdict(nopt) if nopt else None}
 
 
+def registry_cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, train_images: int) -> dict:
+    """One method of the registry on `classes` classes, as concentrate runs it (fresh caches, so nothing is
+    reused): seconds per class and overall."""
+    dev = backend.device
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    with tempfile.TemporaryDirectory(prefix="dsco-throughput-") as cache:  # a fine-tuned DiT-XL/2 is 2.7 GB
+        return _registry_cell(backend, method, ipc, classes, targets, train_images, cache)
+
+
+def _registry_cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, train_images: int,
+                   cache: str) -> dict:
+    dev = backend.device
+    cfg = ConcentrateConfig(method=method, ipc=ipc, schedule="reference", out=cache).resolved()
+    cfg.d3hr.cache = cfg.minimax.cache = cache
+
+    def latents(c: int) -> torch.Tensor:
+        return torch.randn((targets, *backend.sample_shape), generator=torch.Generator().manual_seed(c))
+
+    g = torch.Generator().manual_seed(0)
+    size = backend.image_shape
+    train = ImageSet(torch.rand((classes * train_images, *size), generator=g),
+                     torch.arange(classes).repeat_interleave(train_images), [str(c) for c in range(classes)], "random")
+    shared: dict = {}
+    runner = method_named(method)
+    per_class = []
+    sync(dev)
+    t0 = time.perf_counter()
+    for label in range(classes):
+        t1 = time.perf_counter()
+        task = ClassTask(cfg=cfg, label=label, name=str(label), n=ipc, generator=torch.Generator().manual_seed(label),
+                         class_seed=label, backend=backend, model_label=label,
+                         real_images=lambda c=label: train.class_images(c), real_indices=lambda c=label: train.indices_of(c),
+                         real_targets=lambda c=label: latents(c), train=lambda: train, targets_of=latents,
+                         num_classes=classes, model_labels=list(range(classes)), shared=shared)
+        runner.synthesise(task)
+        sync(dev)
+        per_class.append(round(time.perf_counter() - t1, 2))
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+    return {"method": method, "ipc": ipc, "classes": classes, "seconds": round(seconds, 2), "class_seconds": per_class,
+            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak and round(peak, 2)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", default="10,50")
     p.add_argument("--dtypes", default="bf16,fp32")
     p.add_argument("--methods", default="ddim,nopt-budget,nopt-reference")
     p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--train-images", type=int, default=50, help="random train images per class, for methods that train on pixels (IGD)")
     a, dit, vae = parse_and_build(p, argv)
     results: list[dict] = []
 
@@ -116,6 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)
         for ipc in [int(x) for x in a.ipc.split(",")]:
             for method in a.methods.split(","):
+                if method != "ddim" and not method.startswith("nopt"):
+                    r = registry_cell(backend, method, ipc, a.classes, a.targets, a.train_images)
+                    r.update({"variant": method, "dtype": dtype})
+                    print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s, per class {r['class_seconds']} s, "
+                          f"peak {r['peak_gpu_gib']} GiB", flush=True)
+                    results.append(r)
+                    write(backend.device)
+                    continue
                 nopt = None
                 if method.startswith("nopt"):
                     nopt = nopt_preset(method.split("-", 1)[1])

@@ -8,8 +8,8 @@ not fit a CPU's time, but a handful of steps does, and the ratio follows from pe
 
     cost ratio = 1 + steps_optimised / steps * (t_targets + J * t_iteration) / t_model_step
 
-t_model_step: one guided `mean_sigma` call on IPC latents; t_targets: phi on the step's noised real
-latents (max_targets x K of them); t_iteration: one loss + backward + optimiser step on IPC latents.
+t_model_step: one guided `mean_sigma` call on IPC latents; t_targets: the step's real latents noised
+(stratified over K draws, as NOpt does) and their features under phi (max_targets x K of them); t_iteration: one loss + backward + optimiser step on IPC latents.
 The VAE decode (the same for both) is left out and the last step (no noise, never optimised) is
 counted as optimised, so the ratios are upper bounds.
 
@@ -29,7 +29,7 @@ from dsco.concentrate import nopt_preset
 from dsco.features import RandomFeatureNet
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from
-from dsco.nopt import make_optimizer, target_loss
+from dsco.nopt import make_optimizer, noised_targets, target_loss
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from gpu_throughput import device_name, parse_and_build, sync  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
@@ -53,12 +53,12 @@ def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, re
     cfg = nopt_preset(preset)
     dev, shape = backend.device, backend.sample_shape
     g = torch.Generator().manual_seed(0)
-    n_targets = min(targets, cfg.max_targets or targets) * cfg.k_noises
-    z0 = torch.randn((n_targets, *shape), generator=g).to(dev)
-    noise = torch.randn((n_targets, *shape), generator=g).to(dev)
+    z0 = torch.randn((min(targets, cfg.max_targets or targets), *shape), generator=g).to(dev)
     phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=1).to(dev)
     t = backend.timesteps[len(backend.timesteps) // 2]
-    t_targets, loss_fn = timed(lambda: target_loss(phi, backend.q_sample(z0, t, noise), ipc, cfg), 1, dev)
+    # as NOpt does at a step: the real targets noised afresh (stratified over K draws), then their features
+    t_targets, loss_fn = timed(lambda: target_loss(phi, noised_targets(backend, z0, t, ipc, cfg.k_noises, g), ipc, cfg), 1, dev)
+    n_targets = len(z0) * cfg.k_noises
     mu = torch.randn((ipc, *shape), generator=g).to(dev)
     sigma = torch.full_like(mu, 0.1)
     eps = torch.randn((ipc, *shape), generator=g).to(dev).requires_grad_(True)

@@ -212,6 +212,14 @@ def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
     assert [c["variant"] for c in r["results"]] == ["ddim", "nopt-budget"] and all(c["images_per_second"] > 0 for c in r["results"])
 
 
+def test_gpu_throughput_runs_registry_methods_and_times_each_class(tmp_path):
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "d4m,minimax", "--dtypes", "fp32",
+              "--classes", "2", "--targets", "8", "--out", str(tmp_path / "r.json")])
+    d4m, minimax = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert d4m["variant"] == "d4m" and len(d4m["class_seconds"]) == 2 and d4m["images_per_second"] > 0
+    assert minimax["class_seconds"][0] > minimax["class_seconds"][1]  # the fine-tuning is paid by the first class only
+
+
 def test_step_cost_benchmark_charges_the_reference_schedule_more_than_budget(tmp_path):
     load_benchmark("step_cost").main(["--tiny", "--device", "cpu", "--presets", "budget,reference", "--ipc", "2", "--targets", "8",
                                       "--repeats", "1", "--out", str(tmp_path / "r.json")])
