@@ -2,6 +2,7 @@
 # The committed mnist5k table (benchmarks/results/mnist5k/results.*), computed by LANES bench processes of one
 # thread each that share one cache (OUT/cells, OUT/sets) and pull cells from a queue, cheapest first, then
 # assembled by the plain bench command with --cached-only. Resumable: rerun it and finished cells are read back.
+# Jobs of one method hold a lock on it, so two lanes never build the same synthesis seed's set at once.
 #   bash benchmarks/mnist5k_table.sh [OUT=runs/bench] [LANES=2]
 set -u
 OUT=${1:-runs/bench}
@@ -21,6 +22,7 @@ Q=$OUT/queue.txt
   echo "--methods dm --ipc 50"
   for m in $MODEL_BASED; do echo "--methods $m --ipc 50 --synthesis-seeds 3"; done
   echo "--methods diffusion --ipc 1 --generator-samples 100"
+  echo "--methods dsco --ipc 10 --synthesis-seeds 3 --curve"  # the lossless curve, hard and teacher labels
 } > "$Q"
 # the full-data cell first, alone (every lane would otherwise compute it)
 $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 --methods random --ipc 1 --no-lrs --bn-protocol none
@@ -29,10 +31,11 @@ lane() {
     job=$(flock "$OUT/queue.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
     [ -z "$job" ] && break
     echo "$(date +%T) lane $1: $job" >> "$OUT/progress.log"
-    $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 $job >> "$OUT/lane$1.log" 2>&1 \
+    method=$(echo "$job" | awk '{print $2}')
+    flock "$OUT/$method.lock" $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 $job >> "$OUT/lane$1.log" 2>&1 \
       || echo "$(date +%T) lane $1 FAILED: $job" >> "$OUT/progress.log"
   done
 }
 for i in $(seq "$LANES"); do lane "$i" & done
 wait
-$DSCO bench --dataset mnist5k --ipc 1,10,50 --synthesis-seeds 3 --runs 3 --out "$OUT" --cached-only
+$DSCO bench --dataset mnist5k --ipc 1,10,50 --synthesis-seeds 3 --runs 3 --out "$OUT" --curve --cached-only
