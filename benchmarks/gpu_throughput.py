@@ -81,11 +81,20 @@ def ddim(backend: LatentBackend, label: int, n: int, steps: int, g: torch.Genera
     return backend.decode(x)
 
 
-def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, nopt: NOptConfig | None) -> dict:
-    dev = backend.device
+def reset_peak(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_gib(dev: torch.device) -> float | None:
+    """Peak allocated GPU memory since `reset_peak`, in GiB (None on a CPU)."""
+    return round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None
+
+
+def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, nopt: NOptConfig | None) -> dict:
+    dev = backend.device
+    reset_peak(dev)
     sync(dev)
     t0 = time.perf_counter()
     for label in range(classes):
@@ -98,9 +107,8 @@ def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: i
             backend.decode(z)
     sync(dev)
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     return {"method": method, "ipc": ipc, "classes": classes, "seconds": round(seconds, 2),
-            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak and round(peak, 2),
+            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak_gib(dev),
             "nopt": asdict(nopt) if nopt else None}
 
 
@@ -108,45 +116,35 @@ def registry_cell(backend: LatentBackend, method: str, ipc: int, classes: int, t
     """One method of the registry on `classes` classes, as concentrate runs it (fresh caches, so nothing is
     reused): seconds per class and overall."""
     dev = backend.device
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    with tempfile.TemporaryDirectory(prefix="dsco-throughput-") as cache:  # a fine-tuned DiT-XL/2 is 2.7 GB
-        return _registry_cell(backend, method, ipc, classes, targets, train_images, cache)
-
-
-def _registry_cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, train_images: int,
-                   cache: str) -> dict:
-    dev = backend.device
-    cfg = ConcentrateConfig(method=method, ipc=ipc, schedule="reference", out=cache).resolved()
-    cfg.d3hr.cache = cfg.minimax.cache = cache
+    reset_peak(dev)
 
     def latents(c: int) -> torch.Tensor:
         return torch.randn((targets, *backend.sample_shape), generator=torch.Generator().manual_seed(c))
 
     g = torch.Generator().manual_seed(0)
-    size = backend.image_shape
-    train = ImageSet(torch.rand((classes * train_images, *size), generator=g),
+    train = ImageSet(torch.rand((classes * train_images, *backend.image_shape), generator=g),
                      torch.arange(classes).repeat_interleave(train_images), [str(c) for c in range(classes)], "random")
     shared: dict = {}
     runner = method_named(method)
     per_class = []
-    sync(dev)
-    t0 = time.perf_counter()
-    for label in range(classes):
-        t1 = time.perf_counter()
-        task = ClassTask(cfg=cfg, label=label, name=str(label), n=ipc, generator=torch.Generator().manual_seed(label),
-                         class_seed=label, backend=backend, model_label=label,
-                         real_images=lambda c=label: train.class_images(c), real_indices=lambda c=label: train.indices_of(c),
-                         real_targets=lambda c=label: latents(c), train=lambda: train, targets_of=latents,
-                         num_classes=classes, model_labels=list(range(classes)), shared=shared)
-        runner.synthesise(task)
+    with tempfile.TemporaryDirectory(prefix="dsco-throughput-") as cache:  # a fine-tuned DiT-XL/2 is 2.7 GB
+        cfg = ConcentrateConfig(method=method, ipc=ipc, schedule="reference", out=cache).resolved()
+        cfg.d3hr.cache = cfg.minimax.cache = cache
         sync(dev)
-        per_class.append(round(time.perf_counter() - t1, 2))
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        t0 = time.perf_counter()
+        for label in range(classes):
+            t1 = time.perf_counter()
+            task = ClassTask(cfg=cfg, label=label, name=str(label), n=ipc, generator=torch.Generator().manual_seed(label),
+                             class_seed=label, backend=backend, model_label=label,
+                             real_images=lambda c=label: train.class_images(c), real_indices=lambda c=label: train.indices_of(c),
+                             real_targets=lambda c=label: latents(c), train=lambda: train, targets_of=latents,
+                             num_classes=classes, model_labels=list(range(classes)), shared=shared)
+            runner.synthesise(task)
+            sync(dev)
+            per_class.append(round(time.perf_counter() - t1, 2))
+        seconds = time.perf_counter() - t0
     return {"method": method, "ipc": ipc, "classes": classes, "seconds": round(seconds, 2), "class_seconds": per_class,
-            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak and round(peak, 2)}
+            "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak_gib(dev)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,22 +168,18 @@ def main(argv: list[str] | None = None) -> None:
         backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)
         for ipc in [int(x) for x in a.ipc.split(",")]:
             for method in a.methods.split(","):
-                if method != "ddim" and not method.startswith("nopt"):
-                    r = registry_cell(backend, method, ipc, a.classes, a.targets, a.train_images)
-                    r.update({"variant": method, "dtype": dtype})
-                    print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s, per class {r['class_seconds']} s, "
-                          f"peak {r['peak_gpu_gib']} GiB", flush=True)
-                    results.append(r)
-                    write(backend.device)
-                    continue
-                nopt = None
-                if method.startswith("nopt"):
+                if method == "ddim":
+                    r = cell(backend, "ddim", ipc, a.classes, a.targets, None)
+                elif method.startswith("nopt"):
                     nopt = nopt_preset(method.split("-", 1)[1])
                     if a.tiny:
                         nopt.iterations, nopt.feature_width = min(nopt.iterations, 2), 16
-                r = cell(backend, "ddim" if method == "ddim" else "nopt", ipc, a.classes, a.targets, nopt)
+                    r = cell(backend, "nopt", ipc, a.classes, a.targets, nopt)
+                else:
+                    r = registry_cell(backend, method, ipc, a.classes, a.targets, a.train_images)
                 r.update({"variant": method, "dtype": dtype})
-                print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s, peak {r['peak_gpu_gib']} GiB", flush=True)
+                per_class = f", per class {r['class_seconds']} s" if "class_seconds" in r else ""
+                print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s{per_class}, peak {r['peak_gpu_gib']} GiB", flush=True)
                 results.append(r)
                 write(backend.device)
 

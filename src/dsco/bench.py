@@ -392,8 +392,8 @@ def versus(r: dict[str, Any], ours: str = "dsco") -> dict[int, list[dict]]:
             diff, spread = (mine["mean"] - c["mean"]) * 100, math.hypot(mine["std"], c["std"]) * 100
             verdict = "ahead" if diff > spread else "behind" if diff < -spread else "level"
             # a model-based cell of one set where several were asked has only the spread between trainings
-            one_set = any(x["method"] in DIFFUSION_METHODS and x.get("sets", 1) < r.get("synthesis_seeds", 1) for x in (mine, c))
-            rows.append({"method": c["method"], "diff": diff, "spread": spread, "verdict": verdict, "fewer_sets": one_set})
+            fewer = any(x["method"] in DIFFUSION_METHODS and x.get("sets", 1) < r.get("synthesis_seeds", 1) for x in (mine, c))
+            rows.append({"method": c["method"], "diff": diff, "spread": spread, "verdict": verdict, "fewer_sets": fewer})
         out[ipc] = rows
     return out
 

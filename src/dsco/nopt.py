@@ -83,8 +83,13 @@ def latin_hypercube_normal(n: int, shape: tuple[int, ...], generator: torch.Gene
     d = math.prod(shape)
     perm = torch.argsort(torch.rand(d, n, generator=generator), dim=1).T  # (n, d), a permutation per dim
     offset = 0.5 if midpoints else torch.rand(n, d, generator=generator, dtype=torch.float64)
+    return _strata_normal(perm, offset, n).reshape(n, *shape)
+
+
+def _strata_normal(perm: torch.Tensor, offset: torch.Tensor | float, n: int) -> torch.Tensor:
+    """Phi^-1((perm + offset) / n) in float32: stratum indices and offsets inside them -> normal values."""
     u = ((perm.to(torch.float64) + offset) / n).clamp(LHS_EPS, 1 - LHS_EPS)
-    return torch.special.ndtri(u).to(torch.float32).reshape(n, *shape)
+    return torch.special.ndtri(u).to(torch.float32)
 
 
 def stratified_target_noise(m: int, k: int, shape: tuple[int, ...], generator: torch.Generator,
@@ -104,8 +109,7 @@ def stratified_target_noise(m: int, k: int, shape: tuple[int, ...], generator: t
             keys.append(torch.rand(d, k, generator=generator))
             offsets.append(torch.rand(k, d, generator=generator, dtype=torch.float64))
         perm = torch.argsort(torch.stack(keys).to(device), dim=2).transpose(1, 2)  # (chunk, k, d)
-        u = ((perm.to(torch.float64) + torch.stack(offsets).to(device)) / k).clamp(LHS_EPS, 1 - LHS_EPS)
-        out.append(torch.special.ndtri(u).to(torch.float32))
+        out.append(_strata_normal(perm, torch.stack(offsets).to(device), k))
     if not out:
         return torch.empty((k, 0, *shape), device=device)
     return torch.cat(out).reshape(m, k, *shape).transpose(0, 1)
