@@ -28,6 +28,9 @@ def config(out: Path, method: str = "dsco", ipc: int = 3, **kw) -> ConcentrateCo
     cfg = ConcentrateConfig(dataset="tiny", out=str(out), method=method, ipc=ipc, nopt=FAST, **kw)
     cfg.datafree.templates = 4
     cfg.dm.iterations = 3
+    cfg.d3hr.candidates, cfg.d3hr.candidate_batch = 40, 16
+    cfg.igd.checkpoint_epochs = (0, 1)
+    cfg.minimax.epochs = 1
     cfg.doping_protocol = EvalProtocol(max_steps=5, width=16)
     return cfg
 

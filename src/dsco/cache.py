@@ -35,7 +35,8 @@ def content_key(module: torch.nn.Module, tensors: list[torch.Tensor], settings: 
 
 def write_entry(path: Path, tensors: dict[str, torch.Tensor], seconds: float) -> None:
     """Store a cache entry and the seconds its computation took (so a later reader can count that work)."""
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+    # cloned: a module with tied weights (a fine-tuned DiT's shared embedder) holds one tensor under several keys
+    atomic_write_bytes(path, save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
                                   metadata={"seconds": repr(float(seconds))}))
 
 

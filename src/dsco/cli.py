@@ -80,9 +80,11 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads,
         latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
-        d4m=D4MConfig(strength=a.d4m_strength), igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
-        minimax=MinimaxConfig(steps=a.minimax_steps), mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
-        d3hr=D3HRConfig(start_fraction=a.d3hr_start, candidates=a.d3hr_candidates),
+        d4m=D4MConfig(strength=a.d4m_strength, sampler=a.d4m_sampler, kmeans=a.d4m_kmeans),
+        igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
+        minimax=MinimaxConfig(epochs=a.minimax_epochs, trainable=a.minimax_trainable, ema=a.minimax_ema),
+        mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
+        d3hr=D3HRConfig(reference_t=a.d3hr_reference_t, candidates=a.d3hr_candidates, inversion_eps=a.d3hr_inversion_eps),
         data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
     )
 
@@ -162,6 +164,7 @@ def _bench(a: argparse.Namespace) -> None:
         cross_ipc=a.cross_ipc, cross_methods=a.cross_methods.split(","),
         bn_protocol=None if a.bn_protocol == "none" else protocol_named(a.bn_protocol),
         generator_samples=a.generator_samples, lrs=not a.no_lrs, synthesis_seeds=a.synthesis_seeds,
+        d3hr_candidates=a.d3hr_candidates or None,
     )
     print(bench(cfg))
 
@@ -219,14 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
         c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, dm, diffusion, "
                        "and the diffusion-based peers d4m, d3hr, mgd3, igd, minimax")
-        c.add_argument("--d4m-strength", type=float, default=0.7, help="D4M: share of the steps run from the noised prototypes")
-        c.add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: pull towards the mode per guided step")
-        c.add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: share of the steps (noisiest first) that are guided")
-        c.add_argument("--igd-scale", type=float, default=0.05, help="IGD: RMS move of the predicted x0 per guided step")
-        c.add_argument("--igd-deviation", type=float, default=1.0, help="IGD: weight of the deviation term")
-        c.add_argument("--minimax-steps", type=int, default=200, help="Minimax: fine-tuning steps (cached per model, data, settings)")
-        c.add_argument("--d3hr-start", type=float, default=0.36, help="D3HR: how far into the steps the inversion reaches")
-        c.add_argument("--d3hr-candidates", type=int, default=100_000, help="D3HR: candidate noise groups scored per class")
+        c.add_argument("--d4m-strength", type=float, default=0.7, help="D4M: img2img strength on the original's sampler "
+                       "(SD v1.5, 50 PNDM steps), carried to this model as the same noise level")
+        c.add_argument("--d4m-sampler", default="ddim", help="D4M: ddim (deterministic, as the original's PNDM) or ancestral")
+        c.add_argument("--d4m-kmeans", default="minibatch", help="D4M: minibatch (the original's online MiniBatchKMeans) or lloyd")
+        c.add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: lambda; a guided step's mean moves by lambda x sigma_t x (mode - x0)")
+        c.add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: T_SG / steps; guided while the countdown step index exceeds T_SG")
+        c.add_argument("--igd-scale", type=float, default=5.0, help="IGD: influence scale k (step k x 0.0015 x RMS(eps) x sqrt(1 - abar))")
+        c.add_argument("--igd-deviation", type=float, default=120.0, help="IGD: deviation scale (away from the nearest earlier sample)")
+        c.add_argument("--minimax-epochs", type=int, default=8, help="Minimax: fine-tuning epochs at batch 8 (cached per model, data, settings)")
+        c.add_argument("--minimax-trainable", default="difffit", help="Minimax: difffit (the original's parameter set) or all")
+        c.add_argument("--minimax-ema", type=float, default=0.9999, help="Minimax: EMA decay of the weights sampled from (0 = raw)")
+        c.add_argument("--d3hr-reference-t", type=int, default=600, help="D3HR: the statistics' timestep on DiT's schedule, "
+                       "carried to this model as the same noise level")
+        c.add_argument("--d3hr-candidates", type=int, default=100_000_000, help="D3HR: candidate noise groups scored per class "
+                       "(the original's 10^8; fewer is cheaper)")
+        c.add_argument("--d3hr-inversion-eps", default="target", help="D3HR: eps at the level the inversion moves to "
+                       "(target, the original's) or leaves (source)")
         c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
         c.add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
         c.add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_args(b)
     b.add_argument("--ipc", default="1,10,50")
     b.add_argument("--methods", default="dsco,dsco-datafree,random,herding,kcenter,dm,diffusion,d4m,d3hr,mgd3,igd,minimax")
+    b.add_argument("--d3hr-candidates", type=int, default=100_000, help="D3HR's candidate groups per class in the table "
+                   "(ours on a CPU; 0 = the method's default, the original's 10^8)")
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--model", default=None)

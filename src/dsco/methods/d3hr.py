@@ -2,9 +2,17 @@
 where the class is close to a Gaussian; among many candidate groups of IPC noises drawn from that Gaussian, the
 group whose mean, std and skewness best match it is kept and denoised with DDIM. The inversion is deterministic and
 costs far more than the rest (every real sample of the class, ~2/3 of the chain), so a class's statistics are
-cached, keyed by the model, the class's samples and the sampler (different IPCs and seeds share them)."""
+cached, keyed by the model, the class's samples and the sampler (different IPCs and seeds share them).
+
+As the original (lin-zhao-resoLve/D3HR): the statistics are taken at timestep 600 of DiT's schedule (alpha_bar
+0.026), carried onto the backend's schedule as a noise level (`step_at_noise_level`), and generation starts
+there; the inversion evaluates eps at the level it moves to; guidance covers every latent channel; 10^8 candidate
+groups (10,000 batches of 10,000). The original generates from the grid step after its statistics (620 for
+600, an off-by-one inside it): dsco follows the statistics. IPC 1 is undefined in the original (a group of one
+has no std or skewness); dsco's extension (labelled ours) scores such a group by its mean alone."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -13,26 +21,44 @@ import torch
 
 from ..cache import cache_dir, content_key, read_entry, write_entry
 from ..errors import DscoError
-from ..models.diffusion import DiffusionBackend, device_of
+from ..models.diffusion import DiffusionBackend, ddim_sample, device_of, reference_noise_level, step_at_noise_level
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+
+INVERSION_EPS = ("target", "source")
 
 
 @dataclass
 class D3HRConfig:
-    start_fraction: float = 0.36  # invert up to (and generate from) this far into the descending steps (D3HR: 18 of 50)
-    candidates: int = 100_000  # candidate groups (D3HR's m)
+    reference_t: int = 600  # the original's statistics timestep on DiT's schedule; carried as a noise level
+    candidates: int = 100_000_000  # candidate groups (the original: m // 10 = 10,000 batches of 10,000)
     candidate_batch: int = 1000  # groups scored at once (memory: batch x IPC x sample size floats)
     skew_weight: float = 0.1
+    inversion_eps: str = "target"  # eps at the level the inversion moves to (the original's), or "source"
+    guide_all_channels: bool = True  # DiT: guidance on every latent channel (the original's), not DiT's first 3
     cache: Optional[str] = None  # inverted class statistics; None = ~/.cache/dsco/d3hr
 
 
-def start_index(steps: int, fraction: float) -> int:
-    return min(steps - 1, round(fraction * steps))
+def start_index(backend: DiffusionBackend, reference_t: int) -> int:
+    """The backend's step at the noise level of the original's statistics (DiT's timestep `reference_t`)."""
+    return step_at_noise_level(backend.schedule, reference_noise_level("dit", reference_t))
+
+
+def guided_on_all_channels(backend: DiffusionBackend) -> DiffusionBackend:
+    """The backend with classifier-free guidance on every latent channel (a pixel backend guides all already)."""
+    if getattr(backend, "guidance_channels", None) in (None, getattr(backend, "channels", None)):
+        return backend
+    other = copy.copy(backend)
+    other.guidance_channels = other.channels
+    return other
 
 
 @torch.no_grad()
-def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: int, batch: int = 250) -> torch.Tensor:
-    """Deterministic DDIM inversion of clean samples up the respaced chain to timestep index `start`."""
+def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: int, batch: int = 250,
+                eps_at: str = "target") -> torch.Tensor:
+    """Deterministic DDIM inversion of clean samples up the respaced chain to timestep index `start`; each move's
+    eps is evaluated at the level it moves to (`eps_at` "target", the original's) or leaves ("source")."""
+    if eps_at not in INVERSION_EPS:
+        raise DscoError(f"unknown D3HR inversion eps {eps_at!r}: valid names are {', '.join(INVERSION_EPS)}")
     dev, ts = device_of(backend), backend.timesteps
     up = list(reversed(ts[start:]))  # ascending noise: ts[-1] .. ts[start]
     out = []
@@ -40,13 +66,14 @@ def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: 
         x = z0[i : i + batch].to(dev)
         y = torch.full((len(x),), label, dtype=torch.long, device=dev)
         for t, t_next in zip(up[:-1], up[1:]):
-            x = backend.schedule.ddim_move(x, backend.eps(x, t, y), t, float(backend.schedule.alphas_cumprod[t_next]))
+            eps = backend.eps(x, t_next if eps_at == "target" else t, y)
+            x = backend.schedule.ddim_move(x, eps, t, float(backend.schedule.alphas_cumprod[t_next]))
         out.append(x.cpu())
     return torch.cat(out)
 
 
 def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: int,
-                        cache: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                        cache: Optional[str] = None, eps_at: str = "target") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Per-dimension mean and std of the class's samples inverted to timestep index `start`, from the cache or
     computed now and cached. The key holds the denoiser's weights, the samples, the respaced steps and the guided
     eps of a fixed probe, so any setting that changes the inversion (guidance, embedding constants) changes it."""
@@ -54,13 +81,13 @@ def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int,
     probe_x = torch.randn((1, *z0.shape[1:]), generator=torch.Generator().manual_seed(0)).to(device_of(backend))
     with torch.no_grad():
         probe = backend.eps(probe_x, ts[start], torch.full((1,), label, dtype=torch.long, device=probe_x.device))
-    key = content_key(backend.denoiser, [z0, probe], {"label": label, "start": start, "timesteps": list(ts)})
+    key = content_key(backend.denoiser, [z0, probe], {"label": label, "start": start, "timesteps": list(ts), "eps_at": eps_at})
     path = cache_dir("d3hr", cache) / f"{key}.safetensors"
     if path.is_file():
         stats, seconds = read_entry(path)
         return stats["mean"], stats["std"], {"inversion_cached": True, "reused_seconds": seconds}
     t0 = time.perf_counter()
-    inverted = ddim_invert(backend, z0, label, start).flatten(1).double()
+    inverted = ddim_invert(backend, z0, label, start, eps_at=eps_at).flatten(1).double()
     mean, std = inverted.mean(0).float(), inverted.std(0).float()
     seconds = time.perf_counter() - t0
     write_entry(path, {"mean": mean, "std": std}, seconds)
@@ -68,13 +95,17 @@ def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int,
 
 
 def group_scores(groups: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, skew_weight: float) -> torch.Tensor:
-    """(G, n, D) candidate groups -> D3HR's score: ||mean - mu|| + ||std - sigma|| + w ||skewness of each sample||.
-    A group of one (IPC 1) has no std, so its score leaves that term out."""
+    """(G, n, D) candidate groups -> D3HR's score ||mean - mu|| + ||std - sigma|| + w ||skew||, the group's mean and
+    std taken per dimension over its n members, and skew_i = D / ((D - 1)(D - 2)) x sum_d z_id^3 with z each
+    dimension standardised over the group (the original's `skewness_batch`, its D-based factor included).
+    A group of one (IPC 1, ours) has neither std nor skewness: its score is the mean term alone."""
     mean_diff = (groups.mean(1) - mean).norm(dim=1)
-    std_diff = (groups.std(1) - std).norm(dim=1) if groups.shape[1] > 1 else 0
+    if groups.shape[1] == 1:
+        return mean_diff
+    std_diff = (groups.std(1) - std).norm(dim=1)
     d = groups.shape[2]
-    centred = (groups - groups.mean(2, keepdim=True)) / groups.std(2, keepdim=True)
-    skew = centred.pow(3).sum(2) * (d / ((d - 1) * (d - 2)))  # each sample's skewness over its dimensions
+    z = (groups - groups.mean(1, keepdim=True)) / groups.std(1, keepdim=True)
+    skew = z.pow(3).sum(2) * (d / ((d - 1) * (d - 2)))
     return mean_diff + std_diff + skew_weight * skew.norm(dim=1)
 
 
@@ -94,17 +125,6 @@ def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, g
     return best, best_score
 
 
-@torch.no_grad()
-def ddim_generate(backend: DiffusionBackend, x: torch.Tensor, label: int, start: int) -> torch.Tensor:
-    """Deterministic DDIM down the respaced chain from timestep index `start` to the clean sample."""
-    dev, ts = device_of(backend), backend.timesteps
-    x = x.to(dev)
-    y = torch.full((len(x),), label, dtype=torch.long, device=dev)
-    for t in ts[start:]:
-        x = backend.schedule.ddim_move(x, backend.eps(x, t, y), t, backend.schedule.prev_abar(t))
-    return x
-
-
 @register
 class D3HR(Method):
     name = "d3hr"
@@ -112,10 +132,12 @@ class D3HR(Method):
     config_fields = ("d3hr",)
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
-        backend, cfg = task.backend, task.cfg.d3hr
-        start = start_index(len(backend.timesteps), cfg.start_fraction)
+        cfg = task.cfg.d3hr
+        backend = guided_on_all_channels(task.backend) if cfg.guide_all_channels else task.backend
+        start = start_index(backend, cfg.reference_t)
         z0 = task.real_targets()
-        mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache)
+        mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache, cfg.inversion_eps)
         group, score = best_group(mean, std, task.n, cfg, task.generator)
-        z = ddim_generate(backend, group.reshape(task.n, *z0.shape[1:]), task.model_label, start)
-        return synthetic_output(backend, z, {"start_step": start, "group_score": score, "targets": len(z0), **inversion})
+        z = ddim_sample(backend, group.reshape(task.n, *z0.shape[1:]), task.model_label, start)
+        return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[start], "group_score": score,
+                                             "targets": len(z0), **inversion})

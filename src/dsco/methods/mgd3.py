@@ -1,6 +1,12 @@
 """MGD3 (Chan-Santiago et al., ICML 2025): the class's modes are k-means centroids of its real samples in the
-model's space (k = IPC); each sample is pulled towards its own mode through the predicted clean sample, and
-the pull stops after the first part of the steps, so the model refines the samples freely at the end."""
+model's space (k = IPC, sample i guided by mode i); on the noisiest steps each step's posterior mean is moved by
+lambda x sigma_t x (mode - x0_hat), sigma_t being the step's own noise std, and the last steps run unguided so
+the model refines the samples freely.
+
+The authors' code is not public; the definition here is the one of ManifoldGD's MGD3 baseline
+(`p_sample_with_mode_guidance`, built on the MGD3 authors' code): lambda 0.1, guided while DiT's step index
+(49 .. 0 at 50 steps) is above T_SG = 25, so 24 of 50 steps. Its modes come from scikit-learn's KMeans; ours from
+dsco's seeded k-means++ and Lloyd (`dsco.kmeans`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,34 +20,36 @@ from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 @dataclass
 class MGD3Config:
-    scale: float = 0.1  # share of the way from the predicted x0 to the mode moved at each guided step (ours: see the note)
-    stop_fraction: float = 0.5  # guidance on the first half of the steps (MGD3's T_SG = 25 of 50)
+    scale: float = 0.1  # lambda: the mean moves by lambda x sigma_t x (mode - x0_hat) on a guided step (the original's)
+    stop_fraction: float = 0.5  # T_SG / steps: guided while the step index counted down from steps - 1 is above T_SG
     kmeans_iters: int = 100
 
 
 def guided_steps(steps: int, stop_fraction: float) -> range:
-    """Indices (0 = the noisiest) of the steps whose mean is pulled towards the modes."""
-    return range(0, round(stop_fraction * steps))
+    """Indices (0 = the noisiest) of the guided steps: those whose countdown index steps - 1 - i exceeds
+    T_SG = round(stop_fraction x steps), as the original's `t > stop_t` (24 of 50 at T_SG = 25)."""
+    return range(0, max(0, steps - 1 - round(stop_fraction * steps)))
 
 
-def pull_to_mode(mu: torch.Tensor, x_t: torch.Tensor, modes: torch.Tensor, weights: tuple[float, float], scale: float) -> torch.Tensor:
-    """The posterior mean c0 * x0 + ct * x_t with its x0 (the backend's own, clipped where it clips) moved
-    `scale` of the way towards each sample's mode."""
+def pull_to_mode(mu: torch.Tensor, x_t: torch.Tensor, modes: torch.Tensor, weights: tuple[float, float],
+                 sigma: torch.Tensor, scale: float) -> torch.Tensor:
+    """The posterior mean c0 * x0_hat + ct * x_t moved by scale * sigma * (mode - x0_hat), x0_hat the backend's own
+    prediction (clipped where the backend clips)."""
     c0, ct = weights
     x0 = (mu - ct * x_t) / c0
-    return mu + c0 * scale * (modes - x0)
+    return mu + scale * sigma * (modes - x0)
 
 
 def mode_guided_sample(backend: DiffusionBackend, label: int, modes: torch.Tensor, cfg: MGD3Config,
                        generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
-    """Ancestral sampling where, on the guided steps, the posterior mean is moved as if the predicted clean
-    sample were `scale` of the way closer to the sample's mode (`pull_to_mode`)."""
+    """Ancestral sampling where, on the guided steps, each sample's posterior mean is pulled towards its mode
+    (`pull_to_mode`)."""
     modes = modes.to(device_of(backend))
     guided = guided_steps(len(backend.timesteps), cfg.stop_fraction)
 
-    def adjust(i: int, t: int, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    def adjust(i: int, t: int, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if i in guided and cfg.scale:
-            return pull_to_mode(mu, x, modes, backend.schedule.posterior_weights(t), cfg.scale)
+            return pull_to_mode(mu, x, modes, backend.schedule.posterior_weights(t), sigma, cfg.scale)
         return mu
 
     return mean_guided_sample(backend, label, len(modes), generator, adjust), list(guided)

@@ -5,6 +5,7 @@ with `eps` supplied by the caller: that noise is exactly what NOpt optimises.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
@@ -22,6 +23,10 @@ class DiffusionBackend(Protocol):
 
     def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         """The classifier-free guided noise prediction."""
+        ...
+
+    def eps_with_grad(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+        """`eps`, differentiable in x_t (guidance whose gradient flows through the model, as IGD's)."""
         ...
 
     def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +55,9 @@ class DiffusionBackend(Protocol):
         """The same sampler around another denoiser of the same architecture."""
         ...
 
-    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Unguided noise prediction with gradients, one timestep per sample (fine-tuning)."""
+    def train_output(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, "torch.Tensor | None"]:
+        """Unguided (eps, learned-range variance values or None) with gradients, one timestep per sample
+        (fine-tuning)."""
         ...
 
 
@@ -109,6 +115,37 @@ class RespacedSchedule:
         return c0 * x0 + ct * x_t, torch.full((), var**0.5, dtype=x_t.dtype)
 
 
+REFERENCE_SCHEDULES = {  # the training schedules the peers' originals define their noise levels on
+    "dit": {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02},  # DiT-XL/2 (D3HR, MGD3, IGD, Minimax)
+    "sd-v1.5": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},  # Stable Diffusion v1.5 (D4M)
+}
+
+
+def reference_noise_level(schedule: str, t: int) -> float:
+    """alpha_bar at training timestep t of an original's schedule (REFERENCE_SCHEDULES), from diffusers' own
+    definition of that schedule."""
+    from diffusers import DDPMScheduler
+
+    if schedule not in REFERENCE_SCHEDULES:
+        raise ValueError(f"unknown reference schedule {schedule!r}")
+    return float(DDPMScheduler(num_train_timesteps=1000, **REFERENCE_SCHEDULES[schedule]).alphas_cumprod[t])
+
+
+def log_snr(abar: float | torch.Tensor) -> float | torch.Tensor:
+    return math.log(abar / (1 - abar)) if isinstance(abar, float) else (abar / (1 - abar)).log()
+
+
+def step_at_noise_level(schedule: "RespacedSchedule", abar: float) -> int:
+    """The one rule for carrying a noise level from one schedule to another: the index of the respaced step
+    whose alpha_bar is nearest `abar` in log-SNR. A method that starts part-way defines its start as a noise
+    level on its original's schedule (not as a fraction of the steps, which means another level on every other
+    schedule) and starts at this step of the backend's."""
+    if not 0.0 < abar < 1.0:
+        raise ValueError(f"a noise level alpha_bar must lie in (0, 1), got {abar}")
+    levels = schedule.alphas_cumprod[list(schedule.timesteps)].double().clamp(1e-12, 1 - 1e-12)
+    return int((log_snr(levels) - log_snr(abar)).abs().argmin())
+
+
 def device_of(backend: DiffusionBackend) -> torch.device:
     """Where a backend computes; noise is drawn on the CPU from seeded generators and moved there."""
     return getattr(backend, "device", torch.device("cpu"))
@@ -133,19 +170,32 @@ def ancestral_sample(
     return x
 
 
-MeanAdjust = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, x_t, mu) -> new mu
+MeanAdjust = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, x_t, mu, sigma) -> new mu
 
 
 def mean_guided_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator, adjust: MeanAdjust) -> torch.Tensor:
-    """Ancestral sampling from N(0, I) in which `adjust` may move each step's posterior mean (guidance that acts
-    through the predicted clean sample: MGD3's modes, IGD's influence). The model runs without gradient."""
+    """Ancestral sampling from N(0, I) in which `adjust` may move each step's posterior mean (guidance added to
+    the step whatever the noise: MGD3's modes, IGD's influence and deviation). The loop's own model call runs
+    without gradient; a hook that needs one through the model computes it itself."""
     dev = device_of(backend)
     x_T, noise = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
     x, y = x_T.to(dev), torch.full((n,), label, dtype=torch.long, device=dev)
     for i, t in enumerate(backend.timesteps):
         with torch.no_grad():
             mu, sigma = backend.mean_sigma(x, t, y)
-        x = (adjust(i, t, x, mu) + sigma * noise[i].to(dev)).detach()
+        x = (adjust(i, t, x, mu, sigma) + sigma * noise[i].to(dev)).detach()
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(backend: DiffusionBackend, x: torch.Tensor, label: int, start: int = 0) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) down the respaced chain from step index `start` (x at that step's level) to
+    the clean sample: D3HR's generator, and D4M's stand-in for Stable Diffusion's deterministic PNDM."""
+    dev, ts = device_of(backend), backend.timesteps
+    x = x.to(dev)
+    y = torch.full((len(x),), label, dtype=torch.long, device=dev)
+    for t in ts[start:]:
+        x = backend.schedule.ddim_move(x, backend.eps(x, t, y), t, backend.schedule.prev_abar(t))
     return x
 
 

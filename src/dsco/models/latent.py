@@ -272,26 +272,29 @@ class LatentBackend:
         transformer, vae_model, abar, id2label = load_dit(source, vae, num_heads)
         return cls(transformer, vae_model, abar, num_steps, guidance, id2label=id2label, **kw)
 
-    def _forward(self, x: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, t: int, y: torch.Tensor, grad: bool = False) -> torch.Tensor:
         tt = torch.full((len(x),), t, dtype=torch.long, device=self.device)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.set_grad_enabled(grad), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.transformer(x, timestep=tt, class_labels=y).sample.float()
 
-    def model_output(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def model_output(self, x_t: torch.Tensor, t: int, y: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Guided eps (the first `guidance_channels` guided, the rest the conditional branch's, as DiT's
         forward_with_cfg) and, with a learned sigma, the conditional branch's variance values v."""
         n, c, gc = len(x_t), self.channels, self.guidance_channels
         y = y.to(self.device)
         if self.guidance == 1.0:
-            out = self._forward(x_t, t, y)
+            out = self._forward(x_t, t, y, grad)
             return out[:, :c], (out[:, c:] if self.learned_sigma else None)
-        out = self._forward(torch.cat([x_t, x_t]), t, torch.cat([y, torch.full_like(y, self.num_classes)]))
+        out = self._forward(torch.cat([x_t, x_t]), t, torch.cat([y, torch.full_like(y, self.num_classes)]), grad)
         cond, uncond = out[:n, :c], out[n:, :c]
         eps = torch.cat([guided(cond[:, :gc], uncond[:, :gc], self.guidance), cond[:, gc:]], 1)
         return eps, (out[:n, c:] if self.learned_sigma else None)
 
     def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         return self.model_output(x_t, t, y)[0]
+
+    def eps_with_grad(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+        return self.model_output(x_t.to(self.device), t, y, grad=True)[0]
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -303,9 +306,11 @@ class LatentBackend:
         other.transformer = module.to(self.device).eval().requires_grad_(False)
         return other
 
-    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The transformer's unguided noise prediction with gradients (the eps half of its output)."""
-        return self.transformer(x_t.to(self.device), timestep=t.to(self.device), class_labels=y.to(self.device)).sample[:, : self.channels]
+    def train_output(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The transformer's unguided output with gradients, per-sample timesteps: (eps, learned-range values v or
+        None), for fine-tuning with DiT's loss (the MSE on eps plus the variational bound on v)."""
+        out = self.transformer(x_t.to(self.device), timestep=t.to(self.device), class_labels=y.to(self.device)).sample
+        return out[:, : self.channels], (out[:, self.channels :] if self.learned_sigma else None)
 
     def mean_sigma(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         eps, v = self.model_output(x_t, t, y)

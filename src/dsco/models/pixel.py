@@ -103,6 +103,9 @@ class PixelBackend:
 
     @torch.no_grad()
     def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
+        return self.eps_with_grad(x_t, t, y)
+
+    def eps_with_grad(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         n = len(x_t)
         tt = torch.full((n,), t, dtype=torch.long)
         if self.guidance == 1.0:
@@ -134,6 +137,7 @@ class PixelBackend:
         """The same sampler around another denoiser of the same architecture (a fine-tuned copy)."""
         return PixelBackend(module.eval().requires_grad_(False), self.config, len(self.timesteps), self.guidance)
 
-    def train_eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The denoiser's unguided noise prediction with gradients, per-sample timesteps t (fine-tuning)."""
-        return self.unet(x_t, t, class_labels=y).sample
+    def train_output(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The denoiser's unguided noise prediction with gradients, per-sample timesteps t (fine-tuning); its
+        variance is fixed, so there are no variance values."""
+        return self.unet(x_t, t, class_labels=y).sample, None
