@@ -60,7 +60,7 @@ def _train_model(a: argparse.Namespace) -> None:
 def _concentrate_config(a: argparse.Namespace, method: str):
     from dataclasses import replace
 
-    from .concentrate import ConcentrateConfig, default_schedule, nopt_preset
+    from .concentrate import ConcentrateConfig, default_doping_protocol, default_schedule, nopt_preset
     from .datafree import DataFreeConfig
     from .doping import DopingConfig
     from .evaluate import protocol_named
@@ -78,7 +78,7 @@ def _concentrate_config(a: argparse.Namespace, method: str):
         sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=schedule, nopt=replace(nopt, **overrides),
         vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
         diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads,
-        latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol),
+        latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol or default_doping_protocol(a.dataset)),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         d4m=D4MConfig(strength=a.d4m_strength, sampler=a.d4m_sampler, kmeans=a.d4m_kmeans),
         igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
@@ -110,9 +110,13 @@ def _train_teacher(a: argparse.Namespace) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
+    import statistics
+
+    import torch
+
     from .evaluate import evaluate_set, load_teacher
     from .fsio import atomic_write_json
-    from .outputset import load_output_set
+    from .outputset import load_output_set, read_manifest, schedule_ipc
 
     train_full, test = _load(a, "train"), _load(a, "test")
     if a.full:
@@ -120,15 +124,24 @@ def _evaluate(a: argparse.Namespace) -> None:
     elif a.set is None:
         raise DscoError("give an output set directory, or --full for the whole train split")
     else:
-        train = load_output_set(a.set)
+        train = load_output_set(a.set, dtype=torch.uint8)  # a large set is held as its PNG bytes, converted per batch
     from .parallel import join
 
+    protocol = _protocol(a)
+    labels = a.labels or protocol.labels
+    if labels == "teacher" and not a.teacher:
+        raise DscoError(f"the {a.protocol} protocol trains with teacher labels: pass --teacher DIR (dsco train-teacher) "
+                        "or an ImageNet ResNet-18 weights file, or --labels hard to override it")
     rank, _ = join()  # under torchrun: DDP training, rank 0 reports
-    teacher = load_teacher(a.teacher, train_full, a.class_map) if a.labels == "teacher" and a.teacher else None
-    result = evaluate_set(train, test, _protocol(a), a.runs, a.labels, teacher, progress=rank == 0, first_seed=a.first_seed)
+    teacher = load_teacher(a.teacher, train_full, a.class_map) if labels == "teacher" else None
+    result = evaluate_set(train, test, protocol, a.runs, labels, teacher, progress=rank == 0, first_seed=a.first_seed,
+                          ipc=None if a.full else schedule_ipc(read_manifest(a.set)))
     result.update({"set": "full" if a.full else a.set, "dataset": a.dataset})
     if rank == 0:
-        print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images)")
+        other = "last" if result["report"] == "best" else "best"
+        print(f"top-1 {result['mean'] * 100:.2f} ± {result['std'] * 100:.2f} % over {a.runs} runs ({len(train)} images, "
+              f"{labels} labels, {result['report']} accuracy; {other}: "
+              f"{statistics.fmean(result[other + '_accs']) * 100:.2f} %)")
         if a.json:
             atomic_write_json(a.json, result)
 
@@ -264,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "or an ImageNet ResNet-18 weights file for ImageNet subsets")
         c.add_argument("--synthetic-set", default=None, help="Doping: reuse this output set's synthetic images "
                        "(same dataset, IPC) instead of synthesising them again")
-        c.add_argument("--doping-protocol", default="cpu-small", help="training protocol of the doping model: "
-                       "cpu-small, imagenet-subset, imagenet1k")
+        c.add_argument("--doping-protocol", default=None, help="training protocol of the doping model: cpu-small, "
+                       "imagenet-subset, imagenet1k (default: imagenet-subset on ImageNet data, cpu-small otherwise)")
         c.set_defaults(func=func)
 
     cv = sub.add_parser("convert-dit", help="convert an original DiT checkpoint (+ VAE) into a diffusers DiT directory")
@@ -287,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(e)
     _protocol_args(e)
     e.add_argument("--runs", type=int, default=3)
-    e.add_argument("--labels", default="hard", help="hard (cross-entropy) or teacher (KL, T=20)")
+    e.add_argument("--labels", default=None, help="override the protocol's labels: hard (cross-entropy) or teacher "
+                   "(KL at T 20); imagenet1k trains with teacher labels, the others with hard labels")
     e.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher) or ImageNet ResNet-18 weights file")
     e.add_argument("--class-map", default=None, help="JSON {class folder: ImageNet label} for an ImageNet teacher "
                    "when folders are not wnids")

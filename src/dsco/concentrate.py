@@ -54,6 +54,11 @@ def default_schedule(dataset: str) -> str:
     return MNIST5K_SCHEDULE if dataset == "mnist5k" else "reference"
 
 
+def default_doping_protocol(dataset: str) -> str:
+    """The doping model trains as the dataset's sets are evaluated: the paper's protocol on ImageNet data."""
+    return "imagenet-subset" if dataset in IMAGENET_NAMES else "cpu-small"
+
+
 def default_model_dir(dataset: str) -> Path:
     """The shipped model for the embedded default dataset."""
     if dataset != "mnist5k":

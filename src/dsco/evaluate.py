@@ -51,15 +51,52 @@ class EvalProtocol:
     image_size: Optional[int] = None  # train/test resolution (None = the set's own)
     augment: str = "shift"  # "shift" (random translation) or "crop-flip" (random resized crop + flip)
     max_steps: Optional[int] = None  # cap, for quick checks
+    labels: str = "hard"  # the labels the protocol trains with: "hard", or "teacher" (KL at `temperature`)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's area range (crop-flip)
+    color: bool = False  # IDC's ColorJitter 0.4 and PCA lighting 0.1 after the crop, one draw per batch
+    normalize: str = "half"  # network input: "half" = x * 2 - 1 (ours), "imagenet" = ImageNet's mean and std
+    schedule: str = "cosine"  # "cosine" to zero per step (ours); per epoch: "multistep" (x0.2 at 2/3 and 5/6), "half-cosine" (to 0.5x)
+    teacher_schedule: Optional[str] = None  # the schedule with teacher labels (None = `schedule`)
+    batch_by_ipc: Optional[tuple[tuple[int, int], ...]] = None  # (max IPC, batch) replacing batch_size (RDED's)
+    batch_divides_set: bool = False  # the largest batch in [32, batch_size] dividing the set (else 32), lr x batch / batch_size
+    decay_weights_only: bool = False  # weight decay on conv and linear weights only, not on biases and norms (RDED's)
+    kd_t2: bool = True  # the teacher-label loss times T^2 (ours); the papers' KL leaves it out
+    eval_every: int = 0  # epochs between test evaluations over the last part of training (0: the end only)
+    eval_from: float = 0.0  # share of the epochs after which those evaluations run
+    report: str = "last"  # the accuracy a table takes: "last", or "best" of the evaluations (what the papers print)
 
-    def steps_for(self, n: int, num_classes: int = 1) -> int:
+    def ipc_value(self, table: tuple[tuple[int, int], ...], ipc: float) -> int:
+        return next(v for limit, v in table if ipc <= limit)
+
+    def batch_for(self, n: int, num_classes: int = 1, ipc: Optional[int] = None) -> int:
+        """The batch for a set of n images (`ipc`: the images per class its schedule is chosen by)."""
+        if self.batch_by_ipc:
+            return min(n, self.ipc_value(self.batch_by_ipc, ipc or n / num_classes))
+        if self.batch_divides_set:  # the DsCo authors' loader: a batch that divides the set, not below 32
+            return next((b for b in range(self.batch_size, 31, -1) if n % b == 0), 32)
+        return self.batch_size
+
+    def epochs_for(self, n: int, num_classes: int = 1, ipc: Optional[int] = None) -> int:
+        return self.ipc_value(self.epochs_by_ipc, ipc or n / num_classes) if self.epochs_by_ipc else 0
+
+    def steps_for(self, n: int, num_classes: int = 1, ipc: Optional[int] = None) -> int:
         if self.epochs_by_ipc:
-            epochs = next(e for ipc, e in self.epochs_by_ipc if n / num_classes <= ipc)
-            steps = epochs * math.ceil(n / self.batch_size)
+            steps = self.epochs_for(n, num_classes, ipc) * math.ceil(n / min(n, self.batch_for(n, num_classes, ipc)))
         else:
             steps = next(s for size, s in self.steps_by_size if n <= size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
+    def lr_factor(self, schedule: str, epoch: int, epochs: int) -> float:
+        """The per-epoch learning-rate factor at (0-based) `epoch` of `epochs`, as the originals' schedulers."""
+        if schedule == "multistep":  # MultiStepLR(milestones=[2E // 3, 5E // 6], gamma=0.2)
+            return 0.2 ** sum(epoch >= m for m in (2 * epochs // 3, 5 * epochs // 6))
+        if schedule == "half-cosine":  # LambdaLR(0.5 (1 + cos(pi e / E / 2)))
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2)) if epoch <= epochs else 0.0
+        raise DscoError(f"unknown per-epoch schedule {schedule!r}: valid names are multistep, half-cosine")
+
+
+PAPER_AUGMENT = dict(augment="crop-flip", crop_scale=(0.5, 1.0), normalize="imagenet", shift=0, image_size=224,
+                     cutmix_prob=1.0, cutmix_beta=1.0, kd_t2=False, eval_every=10)
 
 PROTOCOLS: dict[str, EvalProtocol] = {
     # ours: the field's ConvNet narrowed and shortened for 2 CPU cores (small images)
@@ -69,19 +106,35 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "cpu-resnet18": EvalProtocol(arch="resnet18", width=None, batch_size=32),
     # ours: cpu-small with BatchNorm in place of instance norm, the normalisation most users' networks have
     "cpu-bn-convnet": EvalProtocol(arch="convnet3-bn"),
-    # METHOD.md section 5, ImageNette/ImageWoof: ResNetAP-10 at 224 px, AdamW 1e-3, wd 0.01, batch 64,
-    # CutMix p 1, epochs 3000/2000/1500/1000/500 for IPC 1/<=10/<=50/<=200/>200
+    # the DsCo authors' ImageNette / ImageWoof protocol (kkkkqq/Dataset-Concentration train.py, utils.py): IDC's
+    # ResNetAP-10 at 224 px, AdamW 1e-3 (x batch / 64), wd 0.01, a batch dividing the set (50 for IPC 10 / 50),
+    # RandomResizedCrop (0.5, 1) + flip + ColorJitter 0.4 + lighting 0.1, ImageNet normalisation, CutMix p 1,
+    # epochs 3000 / 2000 / 1500 / 1000 / 500 for IPC 1 / <=10 / <=50 / <=200 / more; MultiStepLR for hard
+    # labels, the half cosine for teacher labels (KL at T 20, no T^2); best test accuracy of every 10 epochs over
+    # the last third
     "imagenet-subset": EvalProtocol(
-        arch="resnetap10", width=None, cutmix_prob=1.0, shift=0, image_size=224, augment="crop-flip",
-        epochs_by_ipc=((1, 3000), (10, 2000), (50, 1500), (200, 1000), (10**9, 500)),
+        arch="resnetap10", width=None, epochs_by_ipc=((1, 3000), (10, 2000), (50, 1500), (200, 1000), (10**9, 500)),
+        batch_divides_set=True, color=True, schedule="multistep", teacher_schedule="half-cosine", eval_from=2 / 3,
+        report="best", **PAPER_AUGMENT,
     ),
-    # METHOD.md section 5, ImageNet-1k low IPC (RDED's): ResNet-18 at 224 px, AdamW, 300 epochs
-    # (with --labels teacher: KD from a ResNet-18 teacher at T 20)
+    # RDED's ImageNet-1k protocol (LINs-lab/RDED validation/, which the DsCo authors' eval_rded/ copies):
+    # ResNet-18, teacher labels only (a ResNet-18 teacher labels every CutMix-ed batch, KL at T 20, no T^2),
+    # AdamW 1e-3 with no weight decay on biases and norms, batch 20 / 100 / 200 at IPC 1 / 10 / 50, 300 epochs,
+    # the half cosine per epoch, RandomResizedCrop (0.5, 1) + flip; best test accuracy of every 10 epochs over
+    # the last fifth
     "imagenet1k": EvalProtocol(
-        arch="resnet18", width=None, cutmix_prob=1.0, shift=0, image_size=224, augment="crop-flip",
-        epochs_by_ipc=((10**9, 300),),
+        arch="resnet18", width=None, labels="teacher", epochs_by_ipc=((10**9, 300),),
+        batch_by_ipc=((1, 20), (10, 100), (10**9, 200)), decay_weights_only=True, schedule="half-cosine",
+        eval_from=0.8, report="best", **PAPER_AUGMENT,
     ),
 }
+
+
+def protocol_from_dict(d: dict) -> EvalProtocol:
+    """A protocol read back from JSON (tables of pairs and pairs as tuples); fields added since read as defaults."""
+    tables = ("steps_by_size", "epochs_by_ipc", "batch_by_ipc")
+    return EvalProtocol(**{k: (tuple(tuple(x) for x in v) if k in tables and v else tuple(v) if k == "crop_scale" else v)
+                           for k, v in d.items()})
 
 
 def protocol_named(name: str) -> EvalProtocol:
@@ -111,6 +164,70 @@ def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# IDC's PCA lighting: ImageNet's RGB eigenvalues and eigenvectors
+LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)
+LIGHTING_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as float, from float or uint8 storage (a large set is kept as uint8, converted per batch)."""
+    return x.float() / 255 if x.dtype == torch.uint8 else x
+
+
+def _imagenet_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: our [-1, 1] input -> ImageNet's mean and std normalisation (grey images pass unchanged)."""
+    x = args[0]
+    if x.shape[1] != 3:
+        return args
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    return ((x + 1) / 2 - mean) / torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1), *args[1:]
+
+
+def protocol_network(protocol: "EvalProtocol", channels: int, num_classes: int, size: int) -> torch.nn.Module:
+    """The protocol's network; with `normalize` "imagenet" it normalises its [-1, 1] input as the originals
+    normalise their data (a hook, so the weights keep the architecture's names)."""
+    if protocol.normalize not in ("half", "imagenet"):
+        raise DscoError(f"unknown input normalisation {protocol.normalize!r}: valid names are half, imagenet")
+    net = create_classifier(protocol.arch, channels, num_classes, size, protocol.width)
+    if protocol.normalize == "imagenet":
+        net.register_forward_pre_hook(_imagenet_input)
+    return net
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor((0.299, 0.587, 0.114), device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def color_augment(x: torch.Tensor, generator: torch.Generator, strength: float = 0.4, lighting: float = 0.1) -> torch.Tensor:
+    """IDC's colour augmentation on a batch in [0, 1]: brightness, contrast and saturation jitter (each factor
+    1 + U(-0.4, 0.4), one per batch, in random order), then AlexNet's PCA lighting (N(0, 0.1) per eigenvector,
+    one draw per batch). IDC's saturation and contrast take the grey image from images 0-2 of the batch where
+    the channels were meant; dsco uses the channels."""
+    if x.shape[1] != 3:
+        return x
+    for op in torch.randperm(3, generator=generator).tolist():
+        alpha = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * strength
+        if op == 0:
+            x = x * alpha
+        elif op == 1:
+            x = alpha * x + (1 - alpha) * _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        else:
+            x = alpha * x + (1 - alpha) * _grey(x)
+    a = torch.randn(3, generator=generator) * lighting
+    rgb = torch.tensor(LIGHTING_EIGVEC) @ (a * torch.tensor(LIGHTING_EIGVAL))
+    return x + rgb.to(x.device).view(1, 3, 1, 1)
+
+
+def _optimizer(net: torch.nn.Module, protocol: EvalProtocol, lr: float) -> torch.optim.Optimizer:
+    if not protocol.decay_weights_only:
+        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=protocol.weight_decay)
+    decay = [p for n, p in net.named_parameters() if "weight" in n and p.dim() > 1]
+    rest = [p for n, p in net.named_parameters() if not ("weight" in n and p.dim() > 1)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": protocol.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr)
+
+
 def train_classifier(
     train: ImageSet,
     protocol: EvalProtocol,
@@ -118,9 +235,27 @@ def train_classifier(
     teacher: Optional[torch.nn.Module] = None,
     progress: bool = False,
 ) -> torch.nn.Module:
-    """Train protocol.arch from scratch on `train`; with a teacher, match its softened outputs (KL, T).
+    """Train protocol.arch from scratch on `train`; with a teacher, match its softened outputs (KL, T)."""
+    return fit(train, protocol, seed, teacher, progress)[0]
 
-    Under torchrun every rank draws the same batch and trains on its slice with DDP (gradients averaged).
+
+def fit(
+    train: ImageSet,
+    protocol: EvalProtocol,
+    seed: int,
+    teacher: Optional[torch.nn.Module] = None,
+    progress: bool = False,
+    evaluate: Optional[Callable[[torch.nn.Module], float]] = None,
+    ipc: Optional[int] = None,
+) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+    """Train protocol.arch from scratch on `train`; with a teacher, match its softened outputs (KL, T). Returns the
+    net and, for an epoch protocol with `evaluate`, (epoch, accuracy) at every `eval_every` epochs past
+    `eval_from` (the papers report the best of these). `ipc` chooses the epochs and batch (a doped set trains as
+    its synthetic IPC, as the DsCo authors run it).
+
+    A step protocol draws each batch with replacement and follows a cosine per step; an epoch protocol passes
+    over the set in a new random order each epoch and steps its schedule per epoch. Under torchrun every rank
+    draws the same batch and trains on its slice with DDP (gradients averaged; BatchNorm synchronised on GPUs).
     """
     if len(train) == 0:
         raise DscoError("cannot train a classifier on an empty set")
@@ -128,30 +263,47 @@ def train_classifier(
         raise DscoError(f"unknown augmentation {protocol.augment!r}: valid names are shift, crop-flip")
     rank, world = rank_world()
     dev = local_device()
+    n, k = len(train), train.num_classes
     c, s = train.images.shape[1], protocol.image_size or train.images.shape[-1]
+    epochs = protocol.epochs_for(n, k, ipc)
+    history: list[tuple[int, float]] = []
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        net = create_classifier(protocol.arch, c, train.num_classes, s, protocol.width).to(dev)
+        net = protocol_network(protocol, c, k, s).to(dev)
+        if world > 1 and dev.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else net
-        cutmix = v2.CutMix(alpha=protocol.cutmix_beta, num_classes=train.num_classes)
-        crop_flip = v2.Compose([v2.RandomResizedCrop(s, antialias=True), v2.RandomHorizontalFlip()])
+        cutmix = v2.CutMix(alpha=protocol.cutmix_beta, num_classes=k)
+        crop_flip = v2.Compose([v2.RandomResizedCrop(s, scale=protocol.crop_scale, antialias=True), v2.RandomHorizontalFlip()])
         g = torch.Generator().manual_seed(seed)
-        steps = protocol.steps_for(len(train), train.num_classes)
-        opt = torch.optim.AdamW(net.parameters(), lr=protocol.lr, weight_decay=protocol.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        x_all = train.images * 2 - 1
-        bs = min(protocol.batch_size, len(train))
+        steps = protocol.steps_for(n, k, ipc)
+        bs = min(protocol.batch_for(n, k, ipc), n)
+        lr = protocol.lr * (bs / protocol.batch_size if protocol.batch_divides_set else 1.0)
+        opt = _optimizer(net, protocol, lr)
+        schedule = (protocol.teacher_schedule if teacher is not None else None) or protocol.schedule
+        if epochs:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: protocol.lr_factor(schedule, e, epochs))
+            per_epoch = math.ceil(n / bs)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         if teacher is not None:
             teacher = teacher.to(dev)
         net.train()
-        for _ in tqdm(range(steps), desc="train classifier", leave=False, disable=not progress or rank != 0):
-            idx = torch.randint(len(train), (bs,), generator=g)[rank::world]  # every rank: same draw, own slice
-            if protocol.augment == "shift":
-                x = _fit_size(random_shift(x_all[idx], protocol.shift, g), s)
+        order = torch.empty(0, dtype=torch.long)
+        for step in tqdm(range(steps), desc="train classifier", leave=False, disable=not progress or rank != 0):
+            if epochs:
+                if step % per_epoch == 0:
+                    order = torch.randperm(n, generator=g)
+                idx = order[(step % per_epoch) * bs : (step % per_epoch + 1) * bs][rank::world]
             else:
-                x = torch.stack([crop_flip(im) for im in x_all[idx]])
+                idx = torch.randint(n, (bs,), generator=g)[rank::world]  # every rank: same draw, own slice
+            if protocol.augment == "shift":
+                x = _fit_size(random_shift(unit(train.images[idx]) * 2 - 1, protocol.shift, g), s)
+            else:
+                x = torch.stack([crop_flip(im) for im in unit(train.images[idx])])
+                x = (color_augment(x, g) if protocol.color else x) * 2 - 1
             x, y = x.to(dev), train.labels[idx].to(dev)
-            target = F.one_hot(y, train.num_classes).float()
+            target = F.one_hot(y, k).float()
             if torch.rand((), generator=g).item() < protocol.cutmix_prob:
                 x, target = cutmix(x, y)
             logits = model(x)
@@ -160,15 +312,24 @@ def train_classifier(
             else:
                 with torch.no_grad():
                     soft = F.softmax(teacher(x) / protocol.temperature, 1)
-                t2 = protocol.temperature**2
+                t2 = protocol.temperature**2 if protocol.kd_t2 else 1.0
                 loss = F.kl_div(F.log_softmax(logits / protocol.temperature, 1), soft, reduction="batchmean") * t2
             if not torch.isfinite(loss):
                 raise DscoError(f"classifier training diverged (loss {loss.item()})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-    return net.eval()
+            if not epochs:
+                sched.step()
+            elif (step + 1) % per_epoch == 0 or step + 1 == steps:
+                sched.step()
+                done = (step + 1 + per_epoch - 1) // per_epoch  # epochs completed
+                last = step + 1 == steps
+                every = protocol.eval_every and done % protocol.eval_every == 0 and done >= protocol.eval_from * epochs
+                if evaluate is not None and (every or last):
+                    history.append((done, evaluate(net.eval())))
+                    net.train()
+    return net.eval(), history
 
 
 @torch.no_grad()
@@ -176,7 +337,7 @@ def predict_proba(net: torch.nn.Module, images: torch.Tensor, batch: int = 250, 
     """Softmax outputs (CPU) for images in [0, 1], center-cropped or resized to `image_size`."""
     net.eval()
     dev = next(net.parameters()).device
-    out = [F.softmax(net(_fit_size(images[i : i + batch].to(dev) * 2 - 1, image_size)), 1).cpu() for i in range(0, len(images), batch)]
+    out = [F.softmax(net(_fit_size(unit(images[i : i + batch]).to(dev) * 2 - 1, image_size)), 1).cpu() for i in range(0, len(images), batch)]
     return torch.cat(out)
 
 
@@ -212,33 +373,46 @@ def evaluate_set(
     test: ImageSet,
     protocol: EvalProtocol,
     runs: int = 3,
-    labels: str = "hard",
+    labels: Optional[str] = None,
     teacher: Optional[torch.nn.Module] = None,
     progress: bool = True,
     first_seed: int = 0,
+    ipc: Optional[int] = None,
 ) -> dict[str, Any]:
-    """Mean and std of test accuracy over `runs` seeds (first_seed, first_seed + 1, ...), with the protocol."""
+    """Mean and std of test accuracy over `runs` seeds (first_seed, first_seed + 1, ...), with the protocol and its
+    label type (`labels` overrides it). Both the last accuracy and the best of the protocol's evaluations are
+    recorded; `accs`, `mean` and `std` are the one the protocol reports (`report`). `ipc`: the images per class
+    the epochs and batch are chosen by (a doped set's synthetic IPC)."""
+    labels = labels or protocol.labels
     if labels not in LABELS:
         raise DscoError(f"unknown labels {labels!r}: valid names are {', '.join(LABELS)}")
+    if protocol.report not in ("best", "last"):
+        raise DscoError(f"unknown report {protocol.report!r}: valid names are best, last")
     if labels == "teacher" and teacher is None:
-        raise DscoError("--labels teacher needs a teacher (dsco train-teacher, then --teacher DIR)")
+        raise DscoError("teacher labels need a teacher (dsco train-teacher, then --teacher DIR)")
     if runs < 1:
         raise DscoError(f"--runs must be >= 1, got {runs}")
     check_compatible(train, test)
-    accs, t0 = [], time.time()
+    last, best, t0 = [], [], time.time()
     seeds = list(range(first_seed, first_seed + runs))
     for seed in tqdm(seeds, desc="evaluate", disable=not progress):
-        net = train_classifier(train, protocol, seed, teacher if labels == "teacher" else None, progress)
-        accs.append(accuracy(net, test, protocol.image_size))
+        net, history = fit(train, protocol, seed, teacher if labels == "teacher" else None, progress,
+                           lambda n: accuracy(n, test, protocol.image_size), ipc)
+        last.append(history[-1][1] if history else accuracy(net, test, protocol.image_size))
+        best.append(max([a for _, a in history] + [last[-1]]))
+    accs = best if protocol.report == "best" else last
     return {
         "mean": statistics.fmean(accs),
         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "accs": accs,
+        "report": protocol.report,
+        "last_accs": last,
+        "best_accs": best,
         "runs": runs,
         "seeds": seeds,
         "labels": labels,
         "train_size": len(train),
-        "steps": protocol.steps_for(len(train), train.num_classes),
+        "steps": protocol.steps_for(len(train), train.num_classes, ipc),
         "seconds": round(time.time() - t0, 1),
         "protocol": asdict(protocol),
     }
@@ -306,13 +480,12 @@ def load_teacher(path: str | Path, expect: Optional[ImageSet] = None, class_map:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise DscoError(f"teacher directory {path} must contain config.json and model.safetensors (dsco train-teacher)")
     meta = json.loads((path / "config.json").read_text())
-    p = EvalProtocol(**{k: (tuple(tuple(x) for x in v) if k in ("steps_by_size", "epochs_by_ipc") and v else v)
-                        for k, v in meta["config"]["protocol"].items()})
+    p = protocol_from_dict(meta["config"]["protocol"])
     c, h, _ = meta["image_shape"]
     k = len(meta["class_names"])
     if expect is not None and (k != expect.num_classes or tuple(meta["image_shape"]) != expect.image_shape):
         raise DscoError(f"teacher {path} was trained on {k} classes of {tuple(meta['image_shape'])} images; this dataset has {expect.num_classes} of {expect.image_shape}")
-    net = create_classifier(p.arch, c, k, h, p.width)
+    net = protocol_network(p, c, k, h)
     try:
         net.load_state_dict(load_file(str(path / "model.safetensors")))
     except RuntimeError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -101,22 +101,39 @@ def verify(out: str | Path) -> list[str]:
     return problems
 
 
-def read_images(root: Path, entries: list[dict[str, Any]]) -> torch.Tensor:
-    """The images of manifest entries under `root`, as floats in [0, 1]."""
-    arrs = []
-    for e in entries:
+def read_images(root: Path, entries: list[dict[str, Any]], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The images of manifest entries under `root`, as floats in [0, 1] (or, with dtype uint8, their bytes),
+    read into one preallocated tensor (no second copy of a large set)."""
+    out: Optional[torch.Tensor] = None
+    for i, e in enumerate(entries):
         f = Path(root) / e["path"]
         if not f.is_file():
             raise DscoError(f"output set {root}: missing file {e['path']} (run dsco verify)")
-        a = np.asarray(Image.open(f), dtype=np.float32) / 255.0
-        arrs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(arrs))
+        a = np.asarray(Image.open(f))
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if out is None:
+            out = torch.empty((len(entries), *a.shape), dtype=dtype)
+        elif tuple(a.shape) != tuple(out.shape[1:]):
+            raise DscoError(f"output set {root}: {e['path']} is {tuple(a.shape)}, the set's images are {tuple(out.shape[1:])}")
+        out[i] = torch.from_numpy(a.copy()) if dtype == torch.uint8 else torch.from_numpy(a.astype(np.float32) / 255.0)
+    assert out is not None
+    return out
 
 
-def load_output_set(out: str | Path) -> ImageSet:
-    """Read an output set's images back (after validating the manifest) as an ImageSet."""
+def load_output_set(out: str | Path, dtype: torch.dtype = torch.float32) -> ImageSet:
+    """Read an output set's images back (after validating the manifest) as an ImageSet (uint8 images: see read_images)."""
     m = read_manifest(out)
     if not m["images"]:
         raise DscoError(f"output set {out} has no images")
     labels = torch.tensor([e["label"] for e in m["images"]], dtype=torch.int64)
-    return ImageSet(read_images(Path(out), m["images"]), labels, list(m["class_names"]), m["dataset"])
+    return ImageSet(read_images(Path(out), m["images"], dtype), labels, list(m["class_names"]), m["dataset"])
+
+
+def schedule_ipc(manifest: dict[str, Any]) -> Optional[int]:
+    """The images per class a set's training schedule is chosen by: a doped set's synthetic IPC (the DsCo authors
+    train 100 synthetic + 500 real per class for IPC 100's epochs), else None (its own size)."""
+    cfg = manifest.get("config") or {}
+    doping = cfg.get("doping") or {}
+    if doping.get("doping_ipc") is not None or doping.get("budget") is not None:
+        return int(cfg["ipc"])
+    return None

@@ -40,8 +40,8 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def _resnet(in_channels: int, num_classes: int, image_size: int, layers: list[int], avgpool_down: bool, norm) -> nn.Module:
-    """torchvision ResNet with a 3x3 stem for small images; `avgpool_down` swaps strided convs for avg pooling."""
+def _resnet(in_channels: int, num_classes: int, image_size: int, layers: list[int], norm) -> nn.Module:
+    """torchvision ResNet with a 3x3 stem for small images."""
     from torchvision.models.resnet import BasicBlock, ResNet
 
     net = ResNet(BasicBlock, layers, num_classes=num_classes, norm_layer=norm)
@@ -49,23 +49,68 @@ def _resnet(in_channels: int, num_classes: int, image_size: int, layers: list[in
     net.conv1 = nn.Conv2d(in_channels, 64, 3 if small else 7, 1 if small else 2, 1 if small else 3, bias=False)
     if small:
         net.maxpool = nn.Identity()
-    if avgpool_down:
-        for block in [b for layer in (net.layer2, net.layer3, net.layer4) for b in layer]:
-            if block.stride != 1:
-                block.conv1.stride = (1, 1)
-                block.conv1 = nn.Sequential(nn.AvgPool2d(2), block.conv1)
-                ds_conv = block.downsample[0]
-                ds_conv.stride = (1, 1)
-                block.downsample[0] = nn.Sequential(nn.AvgPool2d(2), ds_conv)
     return net
+
+
+class APBlock(nn.Module):
+    """IDC's ResNetAP block: conv3x3 -> norm -> ReLU -> AvgPool(stride) -> conv3x3 -> norm, plus the shortcut
+    (conv1x1 -> AvgPool(stride) -> norm where the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module]):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False), norm(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout)
+        self.pool = nn.AvgPool2d(stride) if stride != 1 else nn.Identity()
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+                                          nn.AvgPool2d(stride) if stride != 1 else nn.Identity(), norm(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetAP(nn.Module):
+    """IDC's ResNetAP (Kim et al. 2022; the network MinimaxDiffusion's and the DsCo authors' evaluations build):
+    a stride-1 stem (7x7 then AvgPool 4 above 128 px, 3x3 then AvgPool 2 above 64 px, 3x3 alone below), blocks
+    that downsample by average pooling inside the block, a global average pool and a linear head; instance norm is
+    GroupNorm with one group per channel; convs initialised N(0, 2 / (k^2 out))."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, layers: list[int],
+                 norm: Callable[[int], nn.Module] = _instance_norm, width: int = 64):
+        super().__init__()
+        large, mid = image_size > 128, 64 < image_size <= 128
+        stem = [nn.Conv2d(in_channels, width, 7 if large else 3, 1, 3 if large else 1, bias=False), norm(width), nn.ReLU(inplace=True)]
+        if large or mid:
+            stem.append(nn.AvgPool2d(4 if large else 2))
+        self.stem = nn.Sequential(*stem)
+        blocks, c = [], width
+        for stage, n in enumerate(layers):
+            out = width * 2**stage
+            for i in range(n):
+                blocks.append(APBlock(c, out, 2 if stage > 0 and i == 0 else 1, norm))
+                c = out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, (2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5)
+            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.avg_pool2d(x, x.shape[-1]), 1))
 
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "convnet3": lambda c, k, s, width=128: ConvNet(c, k, s, 3, width),
     "convnet6": lambda c, k, s, width=128: ConvNet(c, k, s, 6, width),
     "convnet3-bn": lambda c, k, s, width=128: ConvNet(c, k, s, 3, width, nn.BatchNorm2d),
-    "resnet18": lambda c, k, s, width=None: _resnet(c, k, s, [2, 2, 2, 2], False, nn.BatchNorm2d),
-    "resnetap10": lambda c, k, s, width=None: _resnet(c, k, s, [1, 1, 1, 1], True, _instance_norm),
+    "resnet18": lambda c, k, s, width=None: _resnet(c, k, s, [2, 2, 2, 2], nn.BatchNorm2d),
+    "resnetap10": lambda c, k, s, width=None: ResNetAP(c, k, s, [1, 1, 1, 1]),
 }
 
 
