@@ -91,3 +91,28 @@ def test_d3hr_inverts_a_class_once_and_reads_its_statistics_back_for_other_sets(
     assert len(calls) == 5
 
 
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "other-key"])
+def test_a_damaged_cache_entry_is_reported_and_recomputed(damage, tiny_backend, tmp_path, caplog):
+    import dsco.methods.d3hr as d3hr
+
+    z0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    mean, std, _ = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
+    (entry,) = (tmp_path / "c").glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    if damage == "truncate":
+        entry.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "flip":
+        data[-3] ^= 0xFF  # a byte of the tensors: still a valid file, wrong content
+        entry.write_bytes(bytes(data))
+    else:  # a sound entry of another key copied over this one
+        from dsco.cache import write_entry
+
+        write_entry(tmp_path / "other.safetensors", {"mean": mean + 1, "std": std}, 1.0)
+        (tmp_path / "other.safetensors").replace(entry)
+    again_mean, again_std, info = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
+    assert not info["inversion_cached"] and torch.equal(again_mean, mean) and torch.equal(again_std, std)
+    assert "is damaged" in caplog.text
+    _, _, info = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
+    assert info["inversion_cached"]  # the recomputed entry is sound

@@ -12,17 +12,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from .baselines import DMConfig
+from .cache import cache_dir, cached
 from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids
 from .datafree import DataFreeConfig
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
-from .fsio import atomic_write_bytes, atomic_write_json, safe_name
+from .fsio import atomic_write_json, safe_name
 from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig, method_named
 from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
@@ -252,7 +252,7 @@ def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
     backend = run.backend
     if getattr(backend, "kind", "") != "latent":
         return backend.encode(run.train.class_images(label))
-    root = Path(run.cfg.latent_cache) if run.cfg.latent_cache else Path.home() / ".cache" / "dsco" / "latents"
+    root = cache_dir("latents", run.cfg.latent_cache)
     vae_key = hashlib.sha256(backend.vae.encoder.conv_in.weight.detach().cpu().numpy().tobytes()).hexdigest()[:12]
     if isinstance(run.train, LazyImageSet):
         data_key, images = run.train.class_fingerprint(label), None
@@ -260,11 +260,7 @@ def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
         images = run.train.class_images(label)
         data_key = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
     path = root / safe_name(run.train.name or "dataset") / vae_key / f"{safe_name(name)}-{data_key}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["latents"]
-    z = backend.encode(images if images is not None else run.train.class_images(label)).contiguous()
-    atomic_write_bytes(path, save({"latents": z}))
-    return load_file(str(path))["latents"]
+    return cached(path, lambda: {"latents": backend.encode(images if images is not None else run.train.class_images(label))})[0]["latents"]
 
 
 def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[str]) -> dict[int, list[dict]]:

@@ -13,13 +13,12 @@ has no std or skewness); dsco's extension (labelled ours) scores such a group by
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ..cache import cache_dir, content_key, read_entry, write_entry
+from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
 from ..models.diffusion import DiffusionBackend, ddim_sample, device_of, reference_noise_level, step_at_noise_level
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
@@ -83,15 +82,14 @@ def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int,
         probe = backend.eps(probe_x, ts[start], torch.full((1,), label, dtype=torch.long, device=probe_x.device))
     key = content_key(backend.denoiser, [z0, probe], {"label": label, "start": start, "timesteps": list(ts), "eps_at": eps_at})
     path = cache_dir("d3hr", cache) / f"{key}.safetensors"
-    if path.is_file():
-        stats, seconds = read_entry(path)
-        return stats["mean"], stats["std"], {"inversion_cached": True, "reused_seconds": seconds}
-    t0 = time.perf_counter()
-    inverted = ddim_invert(backend, z0, label, start, eps_at=eps_at).flatten(1).double()
-    mean, std = inverted.mean(0).float(), inverted.std(0).float()
-    seconds = time.perf_counter() - t0
-    write_entry(path, {"mean": mean, "std": std}, seconds)
-    return mean, std, {"inversion_cached": False, "inversion_seconds": seconds}
+
+    def invert() -> dict[str, torch.Tensor]:
+        inverted = ddim_invert(backend, z0, label, start, eps_at=eps_at).flatten(1).double()
+        return {"mean": inverted.mean(0).float(), "std": inverted.std(0).float()}
+
+    stats, seconds, was_cached = cached(path, invert)
+    info = {"inversion_cached": True, "reused_seconds": seconds} if was_cached else {"inversion_cached": False, "inversion_seconds": seconds}
+    return stats["mean"], stats["std"], info
 
 
 def group_scores(groups: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, skew_weight: float) -> torch.Tensor:

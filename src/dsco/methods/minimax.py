@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, content_key, read_entry, write_entry
+from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
 from ..models.diffusion import DiffusionBackend, device_of, plain_sample
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
@@ -223,18 +222,13 @@ def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.T
     """The backend around the fine-tuned denoiser, from the cache or fine-tuned now and cached, and the
     fine-tuning's seconds (as `reused_seconds` when read from the cache)."""
     path = cache_dir("minimax", cfg.cache) / f"{cache_key(backend, data, labels, cfg, seed)}.safetensors"
-    if path.is_file():
-        net = copy.deepcopy(backend.denoiser)
-        if cfg.trainable == "difffit":
-            prepare_difffit(net)
-        weights, seconds = read_entry(path)
-        net.load_state_dict(weights)
-        return backend.with_denoiser(net), {"fine_tune_cached": True, "reused_seconds": seconds}
-    t0 = time.perf_counter()
-    net, _ = fine_tune(backend, data, labels, cfg, torch.Generator().manual_seed(seed))
-    seconds = time.perf_counter() - t0
-    write_entry(path, net.state_dict(), seconds)
-    return backend.with_denoiser(net), {"fine_tune_cached": False, "fine_tune_seconds": seconds}
+    weights, seconds, was_cached = cached(path, lambda: fine_tune(backend, data, labels, cfg, torch.Generator().manual_seed(seed))[0].state_dict())
+    net = copy.deepcopy(backend.denoiser)
+    if cfg.trainable == "difffit":
+        prepare_difffit(net)
+    net.load_state_dict(weights)
+    info = {"fine_tune_cached": True, "reused_seconds": seconds} if was_cached else {"fine_tune_cached": False, "fine_tune_seconds": seconds}
+    return backend.with_denoiser(net), info
 
 
 @register
