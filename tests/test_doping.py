@@ -67,3 +67,27 @@ def test_doping_scores_a_lazy_split_one_class_at_a_time_without_loading_it_whole
     got = predict_by_class(nets, lazy)
     want = [torch.softmax(n(eager.images * 2 - 1), 1) for n in nets]
     assert all(torch.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("doping, message", [
+    (DopingConfig(budget=1.5), "--budget must be a fraction"),
+    (DopingConfig(budget=0.5, doping_ipc=3), "either --doping-ipc or --budget"),
+    (DopingConfig(doping_ipc=13, classwise=True), "the train split has 36"),
+    (DopingConfig(budget=0.5, selector="best"), "unknown doping selector"),
+])
+def test_doping_settings_are_refused_before_any_synthesis(doping, message, tmp_path, folder, tiny_model_dir, monkeypatch):
+    from dsco.concentrate import ConcentrateConfig, concentrate
+    from dsco.errors import DscoError
+    from dsco.methods.base import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["diffusion"], "synthesise", lambda self, task: pytest.fail("synthesised before the check"))
+    cfg = ConcentrateConfig(dataset=str(folder), out=str(tmp_path / "o"), method="diffusion", ipc=1, model=str(tiny_model_dir),
+                            sampling_steps=2, doping=doping)
+    with pytest.raises(DscoError, match=message):
+        concentrate(cfg, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_classwise_budget_rounds_to_an_equal_share_per_class_and_says_so(caplog):
+    count = real_count(DopingConfig(budget=0.2, classwise=True), 1442, 10, 100)
+    assert count == 190 and "190 real images (19 per class) instead of 188" in caplog.text

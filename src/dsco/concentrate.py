@@ -267,7 +267,7 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     """Add the lowest-clarity real images; rewrites each class folder with synthetic + real."""
     cfg, train = run.cfg, run.train
     num_syn = sum(len(v) for v in entries_by_class.values())
-    count = real_count(cfg.doping, len(train), len(class_names), num_syn)
+    count = real_count(cfg.doping, len(train), len(class_names), num_syn, train.class_counts(), quiet=True)
     syn_entries = [e for label in sorted(entries_by_class) for e in entries_by_class[label]]
     synthetic = ImageSet(read_images(run.work, syn_entries), torch.tensor([e["label"] for e in syn_entries]), class_names)
     teacher_dir = Path(cfg.doping.teacher) if cfg.doping.teacher else default_teacher_dir(cfg.dataset)
@@ -341,6 +341,8 @@ def concentrate(
     class_names = list(train.class_names) if train is not None else _datafree_class_names(cfg, backend)
     if backend is not None and train is not None:
         _check_backend(backend, train.image_shape)
+    if cfg.doping.enabled:  # every doping setting checked now, not after hours of synthesis
+        real_count(cfg.doping, len(train), len(class_names), cfg.ipc * len(class_names), train.class_counts())
     if train is not None and not method.uses_model:
         for label, count in enumerate(train.class_counts()):
             if count < cfg.ipc:

@@ -1,6 +1,7 @@
 """Doping: add the real images a model trained on the synthetic set finds least clear (METHOD.md section 4)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -9,6 +10,7 @@ import torch
 from .errors import DscoError
 
 DOPING_SELECTORS = ("clarity", "random")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,10 +35,16 @@ def clarity(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return p_y - others.max(1).values
 
 
-def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_synthetic: int) -> int:
-    """Number of real images to add, exact for --doping-ipc (M * classes) and --budget (F * |train| - synthetic)."""
+def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_synthetic: int,
+               class_counts: Optional[list[int]] = None, quiet: bool = False) -> int:
+    """Number of real images to add: M * classes for --doping-ipc, F * |train| - synthetic for --budget. With
+    --classwise the count is rounded to a multiple of the classes (what a per-class selection can honour; said on
+    one line), and every class must hold its share. Cheap: called before synthesis, so a run that cannot be doped
+    stops before any work."""
     if cfg.doping_ipc is not None and cfg.budget is not None:
         raise DscoError("give either --doping-ipc or --budget, not both")
+    if cfg.selector not in DOPING_SELECTORS:
+        raise DscoError(f"unknown doping selector {cfg.selector!r}: valid names are {', '.join(DOPING_SELECTORS)}")
     if cfg.doping_ipc is not None:
         if cfg.doping_ipc <= 0:
             raise DscoError(f"--doping-ipc must be > 0, got {cfg.doping_ipc}")
@@ -47,8 +55,19 @@ def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_syntheti
         count = round(cfg.budget * num_train) - num_synthetic
         if count < 0:
             raise DscoError(f"--budget {cfg.budget} ({round(cfg.budget * num_train)} images) is smaller than the {num_synthetic} synthetic images")
+        if cfg.classwise and count % num_classes:
+            rounded = max(num_classes, round(count / num_classes) * num_classes)
+            if not quiet:
+                log.warning("--budget %s with --classwise: %d real images (%d per class) instead of %d, so every class gets "
+                            "the same share", cfg.budget, rounded, rounded // num_classes, count)
+            count = rounded
     if count > num_train:
         raise DscoError(f"asked for {count} real images but the train split has {num_train}")
+    if cfg.classwise and class_counts is not None:
+        short = [c for c, n in enumerate(class_counts) if n < count // num_classes]
+        if short:
+            raise DscoError(f"--classwise: class {short[0]} has {class_counts[short[0]]} real images, fewer than the "
+                            f"{count // num_classes} per class asked for")
     return count
 
 
