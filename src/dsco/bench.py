@@ -67,6 +67,9 @@ class BenchConfig:
     # D3HR's candidate groups per class: the original's 10^8 take about an hour a class on one core; the CPU table
     # scores 10^5 (ours, labelled in the table); None = the method's default
     d3hr_candidates: Optional[int] = 100_000
+    data_root: Optional[str] = None  # a torchvision root or an ImageNet-layout folder
+    download: bool = False  # let torchvision download into data_root
+    on_bad_image: str = "fail"
 
 
 def machine() -> str:
@@ -110,8 +113,9 @@ def lossless_point(rows: list[dict], full: dict) -> Optional[float]:
 class _Bench:
     def __init__(self, cfg: BenchConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
-        self.train = load_dataset(cfg.dataset, "train")
-        self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset)
+        data = {"data_root": cfg.data_root, "download": cfg.download, "on_bad_image": cfg.on_bad_image}
+        self.train = load_dataset(cfg.dataset, "train", **data)
+        self.test = load_dataset(cfg.dataset, "test", test_path=cfg.test_dataset, **data)
         self.teacher_dir = cfg.teacher or str(self.out / "teacher")
 
     def cached(self, key: str, compute, made_with: dict, protocol: Optional[EvalProtocol] = None) -> Optional[dict]:
@@ -140,6 +144,7 @@ class _Bench:
                                  seed=self.cfg.seed + seed_offset, model=self.cfg.model, schedule=self.cfg.schedule,
                                  doping=doping or DopingConfig(), d3hr=self.d3hr_config(),
                                  doping_protocol=self.cfg.protocol, test_dataset=self.cfg.test_dataset,
+                                 data_root=self.cfg.data_root, download=self.cfg.download, on_bad_image=self.cfg.on_bad_image,
                                  synthetic_set=synthetic).resolved()
 
     def d3hr_config(self) -> D3HRConfig:

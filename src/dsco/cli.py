@@ -43,21 +43,42 @@ def _load(a: argparse.Namespace, split: str):
                         test_path=a.test_dataset, on_bad_image=a.on_bad_image)
 
 
-def _train_model(a: argparse.Namespace) -> None:
+def _train_model_config(a: argparse.Namespace):
     from .models.pixel import PixelModelConfig
-    from .train_model import TrainModelConfig, train_model
+    from .train_model import TrainModelConfig
 
     model = PixelModelConfig(image_size=a.image_size, block_out_channels=tuple(a.channels),
                              layers_per_block=a.layers_per_block, attention=a.attention)
-    cfg = TrainModelConfig(
+    return TrainModelConfig(
         dataset=a.dataset, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
         checkpoint_every=a.checkpoint_every, resume=a.resume, data_root=a.data_root, model=model,
         snapshot_steps=tuple(a.snapshot_steps), device=a.device,
     )
-    print(train_model(cfg))
 
 
-def _concentrate_config(a: argparse.Namespace, method: str):
+def _train_model(a: argparse.Namespace) -> None:
+    from .train_model import train_model
+
+    print(train_model(_train_model_config(a)))
+
+
+def _run_fields(a: argparse.Namespace) -> dict:
+    """The options `concentrate` and `sample` share: data, output, model and sampler."""
+    return dict(
+        dataset=a.dataset, out=a.out, ipc=a.ipc, seed=a.seed, model=a.model, sampling_steps=a.sampling_steps,
+        guidance=a.guidance, vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
+        diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads, latent_cache=a.latent_cache, device=a.device,
+        data_root=a.data_root, download=a.download, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
+    )
+
+
+def _sample_config(a: argparse.Namespace):
+    from .concentrate import ConcentrateConfig
+
+    return ConcentrateConfig(method="diffusion", **_run_fields(a))
+
+
+def _concentrate_config(a: argparse.Namespace):
     from dataclasses import replace
 
     from .concentrate import ConcentrateConfig, default_doping_protocol, default_schedule, nopt_preset
@@ -74,32 +95,28 @@ def _concentrate_config(a: argparse.Namespace, method: str):
     doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
                           selector=a.selector, teacher=a.teacher)
     return ConcentrateConfig(
-        dataset=a.dataset, out=a.out, method=method, ipc=a.ipc, seed=a.seed, model=a.model,
-        sampling_steps=a.sampling_steps, guidance=a.guidance, schedule=schedule, nopt=replace(nopt, **overrides),
-        vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
-        diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads,
-        latent_cache=a.latent_cache, device=a.device, synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol or default_doping_protocol(a.dataset)),
+        method="dsco-datafree" if a.data_free else a.method, schedule=schedule, nopt=replace(nopt, **overrides),
+        synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol or default_doping_protocol(a.dataset)),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
         d4m=D4MConfig(strength=a.d4m_strength, sampler=a.d4m_sampler, kmeans=a.d4m_kmeans),
         igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
         minimax=MinimaxConfig(epochs=a.minimax_epochs, trainable=a.minimax_trainable, ema=a.minimax_ema),
         mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
         d3hr=D3HRConfig(reference_t=a.d3hr_reference_t, candidates=a.d3hr_candidates, inversion_eps=a.d3hr_inversion_eps),
-        data_root=a.data_root, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
+        **_run_fields(a),
     )
 
 
 def _concentrate(a: argparse.Namespace) -> None:
     from .concentrate import concentrate
 
-    method = "dsco-datafree" if a.data_free else a.method
-    print(concentrate(_concentrate_config(a, method), resume=a.resume))
+    print(concentrate(_concentrate_config(a), resume=a.resume))
 
 
 def _sample(a: argparse.Namespace) -> None:
     from .concentrate import concentrate
 
-    print(concentrate(_concentrate_config(a, "diffusion"), resume=a.resume))
+    print(concentrate(_sample_config(a), resume=a.resume))
 
 
 def _train_teacher(a: argparse.Namespace) -> None:
@@ -163,11 +180,11 @@ def _verify(a: argparse.Namespace) -> None:
     print(f"{a.set}: ok")
 
 
-def _bench(a: argparse.Namespace) -> None:
-    from .bench import BenchConfig, bench
+def _bench_config(a: argparse.Namespace):
+    from .bench import BenchConfig
     from .evaluate import protocol_named
 
-    cfg = BenchConfig(
+    return BenchConfig(
         dataset=a.dataset, out=a.out, ipcs=[int(x) for x in a.ipc.split(",")], methods=a.methods.split(","),
         runs=a.runs, seed=a.seed, model=a.model, schedule=a.schedule, curve=a.curve, budgets=[float(x) for x in a.budgets.split(",")],
         curve_synthetic_ipc=a.curve_synthetic_ipc, protocol=_protocol(a), test_dataset=a.test_dataset,
@@ -177,28 +194,37 @@ def _bench(a: argparse.Namespace) -> None:
         cross_ipc=a.cross_ipc, cross_methods=a.cross_methods.split(","),
         bn_protocol=None if a.bn_protocol == "none" else protocol_named(a.bn_protocol),
         generator_samples=a.generator_samples, lrs=not a.no_lrs, synthesis_seeds=a.synthesis_seeds,
-        d3hr_candidates=a.d3hr_candidates or None,
+        d3hr_candidates=a.d3hr_candidates or None, data_root=a.data_root, download=a.download, on_bad_image=a.on_bad_image,
     )
-    print(bench(cfg))
+
+
+def _bench(a: argparse.Namespace) -> None:
+    from .bench import bench
+
+    print(bench(_bench_config(a)))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .train_model import TrainModelConfig
+
     p = argparse.ArgumentParser(prog="dsco", description="Dataset concentration with diffusion models (DsCo).")
+    p.add_argument("--version", action="version", version=f"dsco {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train-model", help="train the class-conditional pixel diffusion model")
     t.add_argument("--dataset", default="mnist5k")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=4000)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--steps", type=int, default=TrainModelConfig.steps)
+    t.add_argument("--batch-size", type=int, default=TrainModelConfig.batch_size)
+    t.add_argument("--lr", type=float, default=TrainModelConfig.lr)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--image-size", type=int, default=28)
     t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
     t.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers in each UNet block")
     t.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
-    t.add_argument("--checkpoint-every", type=int, default=250)
+    t.add_argument("--checkpoint-every", type=int, default=TrainModelConfig.checkpoint_every)
     t.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
                    help="also keep the EMA model at these steps, under OUT/snapshots/step-NNNNNN")
     t.add_argument("--device", default=None, help="cpu or cuda (default: the GPU if there is one)")
@@ -229,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
         c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         c.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        c.set_defaults(func=func)
+        if name == "sample":
+            continue  # plain sampling has no method, NOpt or doping options to accept and ignore
         c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or budget "
                        "(ours: 10 Adam iterations on the noisiest half of the steps, 50 targets, about 1.8x plain "
                        "sampling; the default on mnist5k); every knob below overrides it")
@@ -279,7 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "(same dataset, IPC) instead of synthesising them again")
         c.add_argument("--doping-protocol", default=None, help="training protocol of the doping model: cpu-small, "
                        "imagenet-subset, imagenet1k (default: imagenet-subset on ImageNet data, cpu-small otherwise)")
-        c.set_defaults(func=func)
 
     cv = sub.add_parser("convert-dit", help="convert an original DiT checkpoint (+ VAE) into a diffusers DiT directory")
     cv.add_argument("checkpoint")

@@ -104,6 +104,7 @@ class ConcentrateConfig:
     d3hr: D3HRConfig = field(default_factory=D3HRConfig)
     mgd3: MGD3Config = field(default_factory=MGD3Config)
     data_root: Optional[str] = None
+    download: bool = False  # let torchvision download the dataset into data_root (cannot change the set)
     test_dataset: Optional[str] = None
     on_bad_image: str = "fail"
 
@@ -148,6 +149,7 @@ def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     """The config fields that can change the set `cfg` builds (another method's knobs dropped)."""
     d = asdict(cfg)
     d.pop("latent_cache")
+    d.pop("download")
     for key in OPTIONAL_KNOBS:  # an unset optional knob means the model's own behaviour: no change to the set
         if d[key] in (None, False):
             d.pop(key)
@@ -273,7 +275,8 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     teacher_dir = Path(cfg.doping.teacher) if cfg.doping.teacher else default_teacher_dir(cfg.dataset)
     teacher = ensure_teacher(
         teacher_dir, train,
-        lambda: load_dataset(cfg.dataset, "test", data_root=cfg.data_root, test_path=cfg.test_dataset, on_bad_image=cfg.on_bad_image),
+        lambda: load_dataset(cfg.dataset, "test", data_root=cfg.data_root, download=cfg.download, test_path=cfg.test_dataset,
+                             on_bad_image=cfg.on_bad_image),
         TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress, cfg.class_map,
     )
     size = cfg.doping_protocol.image_size
@@ -337,7 +340,7 @@ def concentrate(
         train = None  # the data-free mode never touches real images, even when handed some
     elif train is None:
         size = image_shape_of(backend)[-1] if getattr(backend, "kind", "") == "latent" else None
-        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, on_bad_image=cfg.on_bad_image, image_size=size)
+        train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, download=cfg.download, on_bad_image=cfg.on_bad_image, image_size=size)
     class_names = list(train.class_names) if train is not None else _datafree_class_names(cfg, backend)
     if backend is not None and train is not None:
         _check_backend(backend, train.image_shape)

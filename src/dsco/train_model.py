@@ -40,7 +40,6 @@ class TrainModelConfig:
     resume: bool = False
     device: str | None = None  # None: the GPU if there is one, else the CPU
     data_root: str | None = None
-    test_dataset: str | None = None
     model: PixelModelConfig = field(default_factory=PixelModelConfig)
 
 
