@@ -1,4 +1,4 @@
-"""DFDsCo: the data-free mode (METHOD.md section 3). Not one real image is read.
+"""DFDsCo: the data-free mode (docs/method.md, section 3). Not one real image is read.
 
 Per class, template samples from the model itself give, at every step, the per-channel mean
 and std of one shared random feature net's maps; synthesis then optimises each step's noise

@@ -1,4 +1,4 @@
-"""Doping: add the real images a model trained on the synthetic set finds least clear (METHOD.md section 4)."""
+"""Doping: add the real images a model trained on the synthetic set finds least clear (docs/method.md, section 4)."""
 from __future__ import annotations
 
 import logging

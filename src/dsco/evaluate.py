@@ -1,8 +1,9 @@
-"""The evaluation protocol: train a fresh classifier on a set, report top-1 on the real test split.
+"""The evaluation protocols: train a fresh classifier on a set, report top-1 on the real test split.
 
-The same protocol for every set (METHOD.md section 5), shortened for 2 CPU cores: a narrower
-ConvNet, training measured in optimiser steps chosen from the set size alone, AdamW + cosine,
-random shifts and CutMix; hard labels (cross-entropy) or teacher labels (KL at temperature T).
+Each protocol is data (`EvalProtocol`), saved with every result: the CPU protocols (ours: a narrow ConvNet, training
+measured in optimiser steps chosen from the set size, a cosine per step, random shifts and CutMix) and the papers'
+(`imagenet-subset`, `imagenet1k`: epochs by IPC, per-epoch schedules, the originals' augmentation, best and last
+accuracy), set beside their originals in docs/protocols.md. Hard labels (cross-entropy) or teacher labels (KL at T).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random, never-trained conv feature maps phi on the model's space (METHOD.md section 2)."""
+"""Random, never-trained conv feature maps phi on the model's space (docs/method.md, section 2)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""NOpt: steer ancestral sampling by optimising each step's noise (METHOD.md section 2).
+"""NOpt: steer ancestral sampling by optimising each step's noise (docs/method.md, section 2).
 
 Read top to bottom: the pure pieces (Latin-hypercube noise, pivots, the losses), one step's
 noise optimisation, then the per-class sampling loop. The gradient reaches the noise only
