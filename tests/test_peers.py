@@ -116,3 +116,20 @@ def test_a_damaged_cache_entry_is_reported_and_recomputed(damage, tiny_backend, 
     assert "is damaged" in caplog.text
     _, _, info = d3hr.inverted_statistics(tiny_backend, z0, 1, 2, str(tmp_path / "c"))
     assert info["inversion_cached"]  # the recomputed entry is sound
+
+
+def test_the_denoiser_is_hashed_once_per_run_not_once_per_class(tiny_backend, monkeypatch):
+    from dsco.cache import content_key
+
+    net = tiny_backend.denoiser
+    reads = []
+    state_dict = net.state_dict
+    monkeypatch.setattr(net, "state_dict", lambda *a, **k: reads.append(1) or state_dict(*a, **k))
+    keys = {content_key(net, [torch.zeros(2)], {"label": label}) for label in range(3)}
+    assert len(keys) == 3 and len(reads) == 1  # a DiT-XL/2's 2.7 GB are read once, not once per class
+
+
+def test_d3hr_records_where_its_candidates_were_drawn(tmp_path, folder, tiny_model_dir):
+    out = concentrate(peer_config("d3hr", dataset=str(folder), out=str(tmp_path / "o"), ipc=2, model=str(tiny_model_dir)),
+                      progress=False)
+    assert {s["candidate_device"] for s in read_manifest(out)["class_stats"].values()} == {"cpu"}

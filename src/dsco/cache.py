@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -27,12 +28,24 @@ def cache_dir(kind: str, override: Optional[str] = None) -> Path:
     return Path(override) if override else Path.home() / ".cache" / "dsco" / kind
 
 
+_DIGESTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights, computed once per module object (a DiT-XL/2 is 2.7 GB: D3HR keys every class
+    on it). The backends' denoisers are frozen; a module changed in place after it was hashed keeps its old digest."""
+    if module not in _DIGESTS:
+        h = hashlib.sha256()
+        for k, v in sorted(module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        _DIGESTS[module] = h.hexdigest()
+    return _DIGESTS[module]
+
+
 def content_key(module: torch.nn.Module, tensors: list[torch.Tensor], settings: dict[str, Any]) -> str:
     """A short digest of a module's weights, some tensors and JSON-able settings."""
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h = hashlib.sha256(module_digest(module).encode())
     for t in tensors:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())

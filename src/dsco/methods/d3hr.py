@@ -107,12 +107,21 @@ def group_scores(groups: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, sk
     return mean_diff + std_diff + skew_weight * skew.norm(dim=1)
 
 
-def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """The lowest-scoring of `cfg.candidates` groups of n draws from N(mean, std^2), and its score."""
+def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, generator: torch.Generator,
+               device: Optional[torch.device] = None) -> tuple[torch.Tensor, float]:
+    """The lowest-scoring of `cfg.candidates` groups of n draws from N(mean, std^2), and its score. On a GPU the
+    groups are drawn and scored there, from a device generator seeded by `generator` (the original's 10^8 groups are
+    minutes a class there, hours on a CPU), so a set depends on the device it was made on (the manifest says which);
+    on the CPU they come from `generator` itself."""
+    dev = torch.device(device or "cpu")
+    gen = generator
+    if dev.type != "cpu":
+        gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        mean, std = mean.to(dev), std.to(dev)
     best, best_score, left = None, float("inf"), cfg.candidates
     while left > 0:
         b = min(cfg.candidate_batch, left)
-        groups = mean + std * torch.randn((b, n, len(mean)), generator=generator)
+        groups = mean + std * torch.randn((b, n, len(mean)), generator=gen, device=dev)
         scores = group_scores(groups, mean, std, cfg.skew_weight)
         i = int(scores.argmin())
         if float(scores[i]) < best_score:
@@ -120,7 +129,7 @@ def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, g
         left -= b
     if best is None:
         raise DscoError("D3HR: no candidate group has a finite score (the inverted class has non-finite statistics)")
-    return best, best_score
+    return best.cpu(), best_score
 
 
 @register
@@ -135,7 +144,7 @@ class D3HR(Method):
         start = start_index(backend, cfg.reference_t)
         z0 = task.real_targets()
         mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache, cfg.inversion_eps)
-        group, score = best_group(mean, std, task.n, cfg, task.generator)
+        group, score = best_group(mean, std, task.n, cfg, task.generator, device_of(backend))
         z = ddim_sample(backend, group.reshape(task.n, *z0.shape[1:]), task.model_label, start)
         return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[start], "group_score": score,
-                                             "targets": len(z0), **inversion})
+                                             "targets": len(z0), "candidate_device": str(device_of(backend)), **inversion})
