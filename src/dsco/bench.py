@@ -77,7 +77,7 @@ def machine() -> str:
 
 
 def validate_results(r: dict[str, Any]) -> None:
-    """Check results.json against the documented schema (README, 'Results file')."""
+    """Check results.json against the documented schema (docs/benchmarks.md)."""
     missing = [k for k in SCHEMA["required"] if k not in r]
     if missing:
         raise DscoError(f"results.json lacks {missing}")
