@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .features import RandomFeatureNet
-from .models.diffusion import DiffusionBackend, device_of, draw_noise
+from .models.diffusion import DiffusionBackend, denoise, draw_noise
 from .nopt import LossFn, NOptConfig, StepRecord, norm_loss, rho, steered_sampling
 
 
@@ -31,19 +31,18 @@ def template_stats(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per step: channel mean and std of phi's maps of the templates' x_{t-1}, over templates and positions."""
     sums = [[0.0, 0.0, 0] for _ in backend.timesteps]
+
+    @torch.no_grad()
+    def record(i: int, x: torch.Tensor) -> None:
+        h = phi.maps(x).transpose(0, 1).flatten(1).double()  # (C, n*h*w)
+        sums[i][0] = sums[i][0] + h.sum(1)
+        sums[i][1] = sums[i][1] + h.pow(2).sum(1)
+        sums[i][2] += h.shape[1]
+
     for start in range(0, cfg.templates, cfg.template_batch):
         n = min(cfg.template_batch, cfg.templates - start)
-        dev = device_of(backend)
-        y = torch.full((n,), label, dtype=torch.long, device=dev)
-        x = torch.randn((n, *backend.sample_shape), generator=generator).to(dev)
-        with torch.no_grad():
-            for i, t in enumerate(backend.timesteps):
-                mu, sigma = backend.mean_sigma(x, t, y)
-                x = mu + sigma * torch.randn(x.shape, generator=generator).to(dev)
-                h = phi.maps(x).transpose(0, 1).flatten(1).double()  # (C, n*h*w)
-                sums[i][0] = sums[i][0] + h.sum(1)
-                sums[i][1] = sums[i][1] + h.pow(2).sum(1)
-                sums[i][2] += h.shape[1]
+        x = torch.randn((n, *backend.sample_shape), generator=generator)
+        denoise(backend, x, label, lambda i, shape=x.shape: torch.randn(shape, generator=generator), after_step=record)
     stats = []
     for s1, s2, count in sums:
         mean = s1 / count

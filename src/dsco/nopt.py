@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import DscoError
 from .features import RandomFeatureNet
 from .mmd import mmd2
-from .models.diffusion import DiffusionBackend, device_of
+from .models.diffusion import DiffusionBackend, denoise, device_of
 
 LOSSES = ("quantile", "mmd")
 OPTIMIZERS = ("sgd", "adam")
@@ -265,23 +265,21 @@ def steered_sampling(
 
     The model runs once per step without gradient; the last step (sigma = 0) adds no noise.
     """
-    dev = device_of(backend)
-    y = torch.full((len(x_T),), label, dtype=torch.long, device=dev)
-    x, records = x_T.to(dev), []
+    records: list[StepRecord] = []
     optimised = cfg.optimised_range(len(backend.timesteps))
-    bar = tqdm(backend.timesteps, desc=f"class {class_name}", leave=False, disable=not progress)
-    for i, t in enumerate(bar):
-        with torch.no_grad():
-            mu, sigma = backend.mean_sigma(x, t, y)
-        eps = step_noise[i].to(dev)
+    bar = tqdm(range(len(backend.timesteps)), desc=f"class {class_name}", leave=False, disable=not progress)
+
+    def choose(i: int, t: int, mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         active = i in optimised and float(sigma.max()) > 0 and cfg.iterations > 0
         loss_fn = make_loss(i, t) if active else None
-        if loss_fn is not None:
-            eps, rec = optimise_noise(loss_fn, mu, sigma, eps, cfg, t, class_name)
-            records.append(rec)
-            bar.set_postfix(loss=f"{rec.loss_last:.4g}")
-        x = mu + sigma * eps
-    return x, records
+        if loss_fn is None:
+            return eps
+        eps, rec = optimise_noise(loss_fn, mu, sigma, eps, cfg, t, class_name)
+        records.append(rec)
+        bar.set_postfix(loss=f"{rec.loss_last:.4g}")
+        return eps
+
+    return denoise(backend, x_T, label, lambda i: step_noise[i], choose_noise=choose, steps=bar), records
 
 
 def nopt_class(

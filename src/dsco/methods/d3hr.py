@@ -20,7 +20,7 @@ import torch
 
 from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
-from ..models.diffusion import DiffusionBackend, ddim_sample, device_of, reference_noise_level, step_at_noise_level
+from ..models.diffusion import DiffusionBackend, ddim_sample, ddim_walk, device_of, reference_noise_level, step_at_noise_level
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 INVERSION_EPS = ("target", "source")
@@ -58,17 +58,8 @@ def ddim_invert(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: 
     eps is evaluated at the level it moves to (`eps_at` "target", the original's) or leaves ("source")."""
     if eps_at not in INVERSION_EPS:
         raise DscoError(f"unknown D3HR inversion eps {eps_at!r}: valid names are {', '.join(INVERSION_EPS)}")
-    dev, ts = device_of(backend), backend.timesteps
-    up = list(reversed(ts[start:]))  # ascending noise: ts[-1] .. ts[start]
-    out = []
-    for i in range(0, len(z0), batch):
-        x = z0[i : i + batch].to(dev)
-        y = torch.full((len(x),), label, dtype=torch.long, device=dev)
-        for t, t_next in zip(up[:-1], up[1:]):
-            eps = backend.eps(x, t_next if eps_at == "target" else t, y)
-            x = backend.schedule.ddim_move(x, eps, t, float(backend.schedule.alphas_cumprod[t_next]))
-        out.append(x.cpu())
-    return torch.cat(out)
+    path = list(reversed(backend.timesteps[start:]))  # ascending noise: ts[-1] .. ts[start]
+    return torch.cat([ddim_walk(backend, z0[i : i + batch], label, path, eps_at).cpu() for i in range(0, len(z0), batch)])
 
 
 def inverted_statistics(backend: DiffusionBackend, z0: torch.Tensor, label: int, start: int,

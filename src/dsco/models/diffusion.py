@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -156,47 +156,81 @@ def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> to
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-@torch.no_grad()
+MeanAdjust = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, x_t, mu, sigma) -> new mu
+NoiseChoice = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, mu, sigma, eps) -> eps
+
+
+def denoise(
+    backend: DiffusionBackend,
+    x: torch.Tensor,
+    y: torch.Tensor | int,
+    noise: Callable[[int], torch.Tensor],
+    start: int = 0,
+    *,
+    adjust_mean: Optional[MeanAdjust] = None,
+    choose_noise: Optional[NoiseChoice] = None,
+    after_step: Optional[Callable[[int, torch.Tensor], None]] = None,
+    steps: Optional[Iterable[int]] = None,
+) -> torch.Tensor:
+    """The one ancestral sampling loop, x_{t-1} = mu + sigma * eps from step index `start` (x at that step's
+    level) to the clean sample, with hooks for what the methods change, as DiT's p_sample with its cond_fn:
+    `adjust_mean` moves the posterior mean (MGD3's modes, IGD's influence), `noise(i)` supplies the step's eps
+    (pre-drawn, or drawn now from a generator), `choose_noise` replaces it (NOpt optimises it against the real
+    class), `after_step` sees each new x (the data-free mode's template statistics). The model runs without
+    gradient; a hook that needs one through the model computes it itself. `steps` iterates the step indices
+    (a progress bar over them, say)."""
+    dev = device_of(backend)
+    x = x.to(dev)
+    y = torch.full((len(x),), y, dtype=torch.long, device=dev) if isinstance(y, int) else y.to(dev)
+    for i in steps if steps is not None else range(start, len(backend.timesteps)):
+        t = backend.timesteps[i]
+        with torch.no_grad():
+            mu, sigma = backend.mean_sigma(x, t, y)
+        if adjust_mean is not None:
+            mu = adjust_mean(i, t, x, mu, sigma)
+        eps = noise(i).to(dev)
+        if choose_noise is not None:
+            eps = choose_noise(i, t, mu, sigma, eps)
+        x = (mu + sigma * eps).detach()
+        if after_step is not None:
+            after_step(i, x)
+    return x
+
+
 def ancestral_sample(
     backend: DiffusionBackend, y: torch.Tensor, x_T: torch.Tensor, step_noise: torch.Tensor, start: int = 0
 ) -> torch.Tensor:
     """Plain ancestral sampling with all noise supplied: x at step `start` (x_T by default) and one eps per
     remaining step (S - start, N, ...)."""
-    dev = device_of(backend)
-    x, y = x_T.to(dev), y.to(dev)
-    for i, t in enumerate(backend.timesteps[start:]):
-        mu, sigma = backend.mean_sigma(x, t, y)
-        x = mu + sigma * step_noise[i].to(dev)
-    return x
-
-
-MeanAdjust = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, x_t, mu, sigma) -> new mu
+    return denoise(backend, x_T, y, lambda i: step_noise[i - start], start)
 
 
 def mean_guided_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator, adjust: MeanAdjust) -> torch.Tensor:
     """Ancestral sampling from N(0, I) in which `adjust` may move each step's posterior mean (guidance added to
-    the step whatever the noise: MGD3's modes, IGD's influence and deviation). The loop's own model call runs
-    without gradient; a hook that needs one through the model computes it itself."""
-    dev = device_of(backend)
+    the step whatever the noise: MGD3's modes, IGD's influence and deviation)."""
     x_T, noise = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
-    x, y = x_T.to(dev), torch.full((n,), label, dtype=torch.long, device=dev)
-    for i, t in enumerate(backend.timesteps):
-        with torch.no_grad():
-            mu, sigma = backend.mean_sigma(x, t, y)
-        x = (adjust(i, t, x, mu, sigma) + sigma * noise[i].to(dev)).detach()
-    return x
+    return denoise(backend, x_T, label, lambda i: noise[i], adjust_mean=adjust)
 
 
 @torch.no_grad()
-def ddim_sample(backend: DiffusionBackend, x: torch.Tensor, label: int, start: int = 0) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) down the respaced chain from step index `start` (x at that step's level) to
-    the clean sample: D3HR's generator, and D4M's stand-in for Stable Diffusion's deterministic PNDM."""
-    dev, ts = device_of(backend), backend.timesteps
+def ddim_walk(backend: DiffusionBackend, x: torch.Tensor, label: int, path: list[Optional[int]], eps_at: str = "source") -> torch.Tensor:
+    """Deterministic DDIM (eta 0) along `path`, training timesteps visited in order (None: the clean level,
+    alpha_bar 1), down the chain (sampling) or up it (inversion); each move's eps is evaluated at the level it
+    leaves ("source") or reaches ("target": D3HR's inversion)."""
+    dev = device_of(backend)
     x = x.to(dev)
     y = torch.full((len(x),), label, dtype=torch.long, device=dev)
-    for t in ts[start:]:
-        x = backend.schedule.ddim_move(x, backend.eps(x, t, y), t, backend.schedule.prev_abar(t))
+    for a, b in zip(path[:-1], path[1:]):
+        abar_b = 1.0 if b is None else float(backend.schedule.alphas_cumprod[b])
+        t_eps = b if eps_at == "target" and b is not None else a
+        x = backend.schedule.ddim_move(x, backend.eps(x, t_eps, y), a, abar_b)
     return x
+
+
+def ddim_sample(backend: DiffusionBackend, x: torch.Tensor, label: int, start: int = 0) -> torch.Tensor:
+    """DDIM down the respaced chain from step index `start` (x at that step's level) to the clean sample: D3HR's
+    generator, and D4M's stand-in for Stable Diffusion's deterministic PNDM."""
+    return ddim_walk(backend, x, label, [*backend.timesteps[start:], None])
 
 
 def draw_noise(n: int, shape: tuple[int, ...], num_steps: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
