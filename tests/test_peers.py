@@ -133,3 +133,14 @@ def test_d3hr_records_where_its_candidates_were_drawn(tmp_path, folder, tiny_mod
     out = concentrate(peer_config("d3hr", dataset=str(folder), out=str(tmp_path / "o"), ipc=2, model=str(tiny_model_dir)),
                       progress=False)
     assert {s["candidate_device"] for s in read_manifest(out)["class_stats"].values()} == {"cpu"}
+
+
+def test_registering_a_method_name_twice_is_an_error():
+    from dsco.methods.base import REGISTRY, Method, register
+
+    class Another(Method):
+        name = "d4m"
+
+    with pytest.raises(ValueError, match="'d4m' is already registered"):
+        register(Another)
+    assert REGISTRY["d4m"].__name__ == "D4M"

@@ -234,79 +234,86 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, func in (("concentrate", "build a concentrated set (DsCo by default)", _concentrate),
                                  ("sample", "plain class-conditional sampling (the `diffusion` baseline)", _sample)):
         c = sub.add_parser(name, help=helptext)
-        _data_args(c)
-        c.add_argument("--out", required=True)
-        c.add_argument("--ipc", type=int, default=10, help="images per class")
-        c.add_argument("--seed", type=int, default=0)
-        c.add_argument("--model", default=None, help="pixel model directory (default: the shipped mnist5k model), "
+        g = {key: c.add_argument_group(title) for key, title in (
+            ("data", "data"), ("run", "output and run"), ("model", "diffusion model and sampler"))}
+        if name == "concentrate":
+            g.update({key: c.add_argument_group(title) for key, title in (
+                ("method", "method"), ("nopt", "NOpt (dsco, dsco-datafree): a preset and its knobs"),
+                ("doping", "Doping: real images added to the synthetic set"), ("d4m", "D4M"), ("d3hr", "D3HR"),
+                ("mgd3", "MGD3"), ("igd", "IGD"), ("minimax", "MinimaxDiffusion"))})
+        _data_args(g["data"])
+        g["run"].add_argument("--out", required=True)
+        g["run"].add_argument("--ipc", type=int, default=10, help="images per class")
+        g["run"].add_argument("--seed", type=int, default=0)
+        g["model"].add_argument("--model", default=None, help="pixel model directory (default: the shipped mnist5k model), "
                        "or a DiT: diffusers directory (DiTPipeline.save_pretrained), original DiT checkpoint file, or hub id")
-        c.add_argument("--sampling-steps", type=int, default=50)
-        c.add_argument("--guidance", type=float, default=None, help="CFG scale (default: 2.0 pixel models, 4.0 DiT)")
-        c.add_argument("--vae", default=None, help="DiT: VAE directory or hub id (default: the model's vae/, "
+        g["model"].add_argument("--sampling-steps", type=int, default=50)
+        g["model"].add_argument("--guidance", type=float, default=None, help="CFG scale (default: 2.0 pixel models, 4.0 DiT)")
+        g["model"].add_argument("--vae", default=None, help="DiT: VAE directory or hub id (default: the model's vae/, "
                        "or stabilityai/sd-vae-ft-mse for a checkpoint file)")
-        c.add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer")
-        c.add_argument("--guidance-channels", type=int, default=None, help="DiT: guide the first C latent channels "
+        g["model"].add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer")
+        g["model"].add_argument("--guidance-channels", type=int, default=None, help="DiT: guide the first C latent channels "
                        "(default 3, as the original DiT code; 4 guides all)")
-        c.add_argument("--diffusers-embedding", action="store_true", help="DiT: keep diffusers' timestep embedding "
+        g["model"].add_argument("--diffusers-embedding", action="store_true", help="DiT: keep diffusers' timestep embedding "
                        "(frequency shift 1) and pre-MLP LayerNorm eps 1e-5 instead of the original DiT's")
-        c.add_argument("--num-heads", type=int, default=None, help="DiT checkpoint file: attention heads, when the "
+        g["model"].add_argument("--num-heads", type=int, default=None, help="DiT checkpoint file: attention heads, when the "
                        "width is not a DiT-S/B/L/XL one")
-        c.add_argument("--class-map", default=None, help="JSON {class folder: model label} when folders are not ImageNet wnids")
-        c.add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
-        c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
-        c.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        g["model"].add_argument("--class-map", default=None, help="JSON {class folder: model label} when folders are not ImageNet wnids")
+        g["model"].add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
+        g["model"].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
+        g["run"].add_argument("--resume", action="store_true", help="continue an interrupted run")
         c.set_defaults(func=func)
         if name == "sample":
             continue  # plain sampling has no method, NOpt or doping options to accept and ignore
-        c.add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or budget "
+        g["nopt"].add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or budget "
                        "(ours: 10 Adam iterations on the noisiest half of the steps, 50 targets, about 1.8x plain "
                        "sampling; the default on mnist5k); every knob below overrides it")
-        c.add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
-        c.add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, dm, diffusion, "
+        g["method"].add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
+        g["method"].add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, dm, diffusion, "
                        "and the diffusion-based peers d4m, d3hr, mgd3, igd, minimax")
-        c.add_argument("--d4m-strength", type=float, default=0.7, help="D4M: img2img strength on the original's sampler "
+        g["d4m"].add_argument("--d4m-strength", type=float, default=0.7, help="D4M: img2img strength on the original's sampler "
                        "(SD v1.5, 50 PNDM steps), carried to this model as the same noise level")
-        c.add_argument("--d4m-sampler", default="ddim", help="D4M: ddim (deterministic, as the original's PNDM) or ancestral")
-        c.add_argument("--d4m-kmeans", default="minibatch", help="D4M: minibatch (the original's online MiniBatchKMeans) or lloyd")
-        c.add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: lambda; a guided step's mean moves by lambda x sigma_t x (mode - x0)")
-        c.add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: T_SG / steps; guided while the countdown step index exceeds T_SG")
-        c.add_argument("--igd-scale", type=float, default=5.0, help="IGD: influence scale k (step k x 0.0015 x RMS(eps) x sqrt(1 - abar))")
-        c.add_argument("--igd-deviation", type=float, default=120.0, help="IGD: deviation scale (away from the nearest earlier sample)")
-        c.add_argument("--minimax-epochs", type=int, default=8, help="Minimax: fine-tuning epochs at batch 8 (cached per model, data, settings)")
-        c.add_argument("--minimax-trainable", default="difffit", help="Minimax: difffit (the original's parameter set) or all")
-        c.add_argument("--minimax-ema", type=float, default=0.9999, help="Minimax: EMA decay of the weights sampled from (0 = raw)")
-        c.add_argument("--d3hr-reference-t", type=int, default=600, help="D3HR: the statistics' timestep on DiT's schedule, "
+        g["d4m"].add_argument("--d4m-sampler", default="ddim", help="D4M: ddim (deterministic, as the original's PNDM) or ancestral")
+        g["d4m"].add_argument("--d4m-kmeans", default="minibatch", help="D4M: minibatch (the original's online MiniBatchKMeans) or lloyd")
+        g["mgd3"].add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: lambda; a guided step's mean moves by lambda x sigma_t x (mode - x0)")
+        g["mgd3"].add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: T_SG / steps; guided while the countdown step index exceeds T_SG")
+        g["igd"].add_argument("--igd-scale", type=float, default=5.0, help="IGD: influence scale k (step k x 0.0015 x RMS(eps) x sqrt(1 - abar))")
+        g["igd"].add_argument("--igd-deviation", type=float, default=120.0, help="IGD: deviation scale (away from the nearest earlier sample)")
+        g["minimax"].add_argument("--minimax-epochs", type=int, default=8, help="Minimax: fine-tuning epochs at batch 8 (cached per model, data, settings)")
+        g["minimax"].add_argument("--minimax-trainable", default="difffit", help="Minimax: difffit (the original's parameter set) or all")
+        g["minimax"].add_argument("--minimax-ema", type=float, default=0.9999, help="Minimax: EMA decay of the weights sampled from (0 = raw)")
+        g["d3hr"].add_argument("--d3hr-reference-t", type=int, default=600, help="D3HR: the statistics' timestep on DiT's schedule, "
                        "carried to this model as the same noise level")
-        c.add_argument("--d3hr-candidates", type=int, default=100_000_000, help="D3HR: candidate noise groups scored per class "
+        g["d3hr"].add_argument("--d3hr-candidates", type=int, default=100_000_000, help="D3HR: candidate noise groups scored per class "
                        "(the original's 10^8; fewer is cheaper)")
-        c.add_argument("--d3hr-inversion-eps", default="target", help="D3HR: eps at the level the inversion moves to "
+        g["d3hr"].add_argument("--d3hr-inversion-eps", default="target", help="D3HR: eps at the level the inversion moves to "
                        "(target, the original's) or leaves (source)")
-        c.add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
-        c.add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
-        c.add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
-        c.add_argument("--iterations", type=int, default=None, help="NOpt iterations J per step")
-        c.add_argument("--lr", type=float, default=None)
-        c.add_argument("--optimizer", default=None, help="NOpt optimizer: sgd (reference) or adam (beta1 = --momentum)")
-        c.add_argument("--momentum", type=float, default=None)
-        c.add_argument("--k-noises", type=int, default=None, help="K noises per real target")
-        c.add_argument("--target-offset", type=int, default=None, choices=[0, 1])
-        c.add_argument("--feature-width", type=int, default=None, help="phi width (256 = 2048 features)")
-        c.add_argument("--max-targets", type=int, default=None, help="cap on real targets per class")
-        c.add_argument("--early-stop", type=int, default=None, help="patience in iterations (0 = off)")
-        c.add_argument("--std-floor", type=float, default=None, help="floor the targets' per-feature std at this "
+        g["method"].add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
+        g["method"].add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
+        g["nopt"].add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
+        g["nopt"].add_argument("--iterations", type=int, default=None, help="NOpt iterations J per step")
+        g["nopt"].add_argument("--lr", type=float, default=None)
+        g["nopt"].add_argument("--optimizer", default=None, help="NOpt optimizer: sgd (reference) or adam (beta1 = --momentum)")
+        g["nopt"].add_argument("--momentum", type=float, default=None)
+        g["nopt"].add_argument("--k-noises", type=int, default=None, help="K noises per real target")
+        g["nopt"].add_argument("--target-offset", type=int, default=None, choices=[0, 1])
+        g["nopt"].add_argument("--feature-width", type=int, default=None, help="phi width (256 = 2048 features)")
+        g["nopt"].add_argument("--max-targets", type=int, default=None, help="cap on real targets per class")
+        g["nopt"].add_argument("--early-stop", type=int, default=None, help="patience in iterations (0 = off)")
+        g["nopt"].add_argument("--std-floor", type=float, default=None, help="floor the targets' per-feature std at this "
                        "times its median (ours; 0 = off, the reference)")
-        c.add_argument("--steps-fraction", type=float, default=None, help="optimise only this fraction of the steps")
-        c.add_argument("--steps-start", type=float, default=None, help="... starting this fraction of the steps in "
+        g["nopt"].add_argument("--steps-fraction", type=float, default=None, help="optimise only this fraction of the steps")
+        g["nopt"].add_argument("--steps-start", type=float, default=None, help="... starting this fraction of the steps in "
                        "(default 0: from the noisiest step)")
-        c.add_argument("--doping-ipc", type=int, default=None, help="Doping: real images per class to add")
-        c.add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
-        c.add_argument("--classwise", action="store_true", help="Doping: rank clarity within each class")
-        c.add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
-        c.add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher; trained and cached if missing), "
+        g["doping"].add_argument("--doping-ipc", type=int, default=None, help="Doping: real images per class to add")
+        g["doping"].add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
+        g["doping"].add_argument("--classwise", action="store_true", help="Doping: rank clarity within each class")
+        g["doping"].add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
+        g["doping"].add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher; trained and cached if missing), "
                        "or an ImageNet ResNet-18 weights file for ImageNet subsets")
-        c.add_argument("--synthetic-set", default=None, help="Doping: reuse this output set's synthetic images "
+        g["doping"].add_argument("--synthetic-set", default=None, help="Doping: reuse this output set's synthetic images "
                        "(same dataset, IPC) instead of synthesising them again")
-        c.add_argument("--doping-protocol", default=None, help="training protocol of the doping model: cpu-small, "
+        g["doping"].add_argument("--doping-protocol", default=None, help="training protocol of the doping model: cpu-small, "
                        "imagenet-subset, imagenet1k (default: imagenet-subset on ImageNet data, cpu-small otherwise)")
 
     cv = sub.add_parser("convert-dit", help="convert an original DiT checkpoint (+ VAE) into a diffusers DiT directory")

@@ -65,7 +65,10 @@ REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available by its name."""
+    """Class decorator: make a method available by its name; a name registered twice is an error (a second method
+    would silently replace the first)."""
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is already registered by {REGISTRY[cls.name].__module__}.{REGISTRY[cls.name].__name__}")
     REGISTRY[cls.name] = cls
     return cls
 
