@@ -11,7 +11,7 @@ import torch
 
 from ..errors import DscoError
 from .imageset import ImageSet, Labelled
-from .loading import IMAGE_EXTENSIONS, _fit, _read_image
+from .images import IMAGE_EXTENSIONS, fit_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class LazyImageSet(Labelled):
         out = []
         for i in indices.tolist():
             try:
-                out.append(_fit(_read_image(self.files[i]), (self.image_size, self.image_size), "RGB"))
+                out.append(fit_image(read_image(self.files[i]), (self.image_size, self.image_size), "RGB"))
             except DscoError:
                 if self.on_bad_image == "fail":
                     raise

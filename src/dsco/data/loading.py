@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import DscoError
+from .images import IMAGE_EXTENSIONS, fit_image, read_image
 from .imageset import ImageSet
+from .lazy import LazyImageSet, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,6 @@ TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10
 IMAGENET_NAMES = ("imagenette", "imagewoof", "imagenet1k")
 DATASET_NAMES = ["mnist5k", *TORCHVISION_NAMES, *IMAGENET_NAMES]
 IMAGENET_SIZE = 256  # DiT-XL/2-256's resolution; the evaluation protocol resizes to its own
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MNIST5K_SEED = 0
 MNIST5K_TEST_SIZE = 1000
 
@@ -81,37 +81,14 @@ def _torchvision(name: str, split: str, root: str | None, download: bool) -> Ima
     return ImageSet(images, labels, [str(c) for c in ds.classes], name)
 
 
-def _imagenet(name: str, split: str, root: str | None, on_bad_image: str, image_size: int):
+def _imagenet(name: str, split: str, root: str | None, on_bad_image: str, image_size: int) -> LazyImageSet:
     """A named subset of an ImageNet-layout folder: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG."""
     from .imagenet import subset_wnids
-    from .lazy import scan_folder
 
     if root is None:
         raise DscoError(f"dataset {name!r} needs --data-root DIR, an ImageNet-layout folder (DIR/train/<wnid>, DIR/val/<wnid>)")
     folder = Path(root) / ("train" if split == "train" else "val")
     return scan_folder(folder, list(subset_wnids(name)), name, image_size, on_bad_image)
-
-
-def _read_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DscoError(f"corrupt or unreadable image {path}: {e}") from e
-
-
-def _fit(im: Image.Image, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Convert mode, then resize the short side and center-crop to `size` (W, H)."""
-    im = im.convert(mode)
-    if im.size != size:
-        w, h = im.size
-        scale = max(size[0] / w, size[1] / h)
-        im = im.resize((max(size[0], round(w * scale)), max(size[1], round(h * scale))), Image.BICUBIC)
-        left, top = (im.size[0] - size[0]) // 2, (im.size[1] - size[1]) // 2
-        im = im.crop((left, top, left + size[0], top + size[1]))
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def load_image_folder(path: str | Path, on_bad_image: str = "fail", image_size: int | None = None) -> ImageSet:
@@ -139,7 +116,7 @@ def load_image_folder(path: str | Path, on_bad_image: str = "fail", image_size: 
         try:
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DscoError(f"not an image file: {p}")
-            loaded.append((_read_image(p), label))
+            loaded.append((read_image(p), label))
         except DscoError:
             if on_bad_image == "fail":
                 raise
@@ -154,7 +131,7 @@ def load_image_folder(path: str | Path, on_bad_image: str = "fail", image_size: 
     size = (image_size, image_size) if image_size else loaded[0][0].size
     if len({im.mode for im, _ in loaded}) > 1 or len({im.size for im, _ in loaded}) > 1:
         log.warning("%s: mixed image modes or sizes, converted to %s %dx%d", root, mode, *size)
-    images = torch.from_numpy(np.stack([_fit(im, size, mode) for im, _ in loaded]))
+    images = torch.from_numpy(np.stack([fit_image(im, size, mode) for im, _ in loaded]))
     labels = torch.tensor([label for _, label in loaded], dtype=torch.int64)
     return ImageSet(images, labels, classes, str(root))
 
@@ -168,7 +145,7 @@ def load_dataset(
     test_path: str | None = None,
     on_bad_image: str = "fail",
     image_size: int | None = None,
-) -> ImageSet:
+) -> ImageSet | LazyImageSet:
     """Load a named dataset's split, or an ImageFolder path (its test split from `test_path`)."""
     if split not in ("train", "test"):
         raise DscoError(f"split must be 'train' or 'test', got {split!r}")
