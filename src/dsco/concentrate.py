@@ -171,7 +171,7 @@ def _class_seed(seed: int, label: int) -> int:
 
 def image_shape_of(backend: DiffusionBackend) -> tuple[int, ...]:
     """The decoded image shape: the sample shape for pixel models, (3, S, S) for latent ones."""
-    return tuple(getattr(backend, "image_shape", backend.sample_shape))
+    return tuple(backend.image_shape)
 
 
 def model_labels(class_names: list[str], backend: DiffusionBackend, class_map: Optional[str]) -> list[int]:
@@ -188,7 +188,7 @@ def _datafree_class_names(cfg: ConcentrateConfig, backend: DiffusionBackend) -> 
     """Class names without reading data: a named ImageNet subset, the model's own list, or 0..K-1."""
     if cfg.dataset in IMAGENET_NAMES:
         return list(subset_wnids(cfg.dataset))
-    names = list(getattr(getattr(backend, "config", None), "class_names", []) or [])
+    names = list(backend.class_names)
     if names:
         return names
     if backend.num_classes == 1000:
@@ -252,10 +252,10 @@ def _synthesise_class(run: _Run, label: int, name: str) -> tuple[torch.Tensor, l
 def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
     """A class's real images in model space; for latent models encoded once and cached on disk."""
     backend = run.backend
-    if getattr(backend, "kind", "") != "latent":
+    vae_key = backend.target_cache_key()
+    if vae_key is None:
         return backend.encode(run.train.class_images(label))
     root = cache_dir("latents", run.cfg.latent_cache)
-    vae_key = hashlib.sha256(backend.vae.encoder.conv_in.weight.detach().cpu().numpy().tobytes()).hexdigest()[:12]
     if isinstance(run.train, LazyImageSet):
         data_key, images = run.train.class_fingerprint(label), None
     else:
@@ -339,7 +339,7 @@ def concentrate(
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some
     elif train is None:
-        size = image_shape_of(backend)[-1] if getattr(backend, "kind", "") == "latent" else None
+        size = image_shape_of(backend)[-1] if backend is not None and backend.kind == "latent" else None
         train = load_dataset(cfg.dataset, "train", data_root=cfg.data_root, download=cfg.download, on_bad_image=cfg.on_bad_image, image_size=size)
     class_names = list(train.class_names) if train is not None else _datafree_class_names(cfg, backend)
     if backend is not None and train is not None:

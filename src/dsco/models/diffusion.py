@@ -16,10 +16,18 @@ import torch
 class DiffusionBackend(Protocol):
     """What NOpt, plain sampling and the data-free mode need from a diffusion model."""
 
+    kind: str  # "pixel" or "latent"
+    device: torch.device  # where it computes
     num_classes: int
-    sample_shape: tuple[int, ...]
+    sample_shape: tuple[int, ...]  # one sample in model space
+    image_shape: tuple[int, ...]  # one decoded image
+    class_names: list[str]  # the model's own class names ([] when it has none)
     timesteps: list[int]  # respaced, descending; the last step is denoised without noise
     schedule: "RespacedSchedule"
+
+    def target_cache_key(self) -> Optional[str]:
+        """A digest of what `encode` depends on, when encoding is worth caching on disk (a VAE); None when it is not."""
+        ...
 
     def eps(self, x_t: torch.Tensor, t: int, y: torch.Tensor) -> torch.Tensor:
         """The classifier-free guided noise prediction."""
@@ -148,7 +156,7 @@ def step_at_noise_level(schedule: "RespacedSchedule", abar: float) -> int:
 
 def device_of(backend: DiffusionBackend) -> torch.device:
     """Where a backend computes; noise is drawn on the CPU from seeded generators and moved there."""
-    return getattr(backend, "device", torch.device("cpu"))
+    return backend.device
 
 
 def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:

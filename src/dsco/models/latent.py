@@ -265,6 +265,7 @@ class LatentBackend:
         self.schedule = RespacedSchedule(alphas_cumprod, dit_timesteps(len(alphas_cumprod), num_steps))
         self.timesteps = list(self.schedule.timesteps)
         self.id2label = id2label or {}
+        self.class_names: list[str] = []  # DiT-XL/2's labels are ImageNet's (dsco.data.imagenet)
 
     @classmethod
     def load(cls, source: str | Path, num_steps: int = 50, guidance: float = DEFAULT_GUIDANCE, vae: Optional[str] = None,
@@ -337,6 +338,12 @@ class LatentBackend:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.decode_with_grad(z[i : i + self.vae_batch]).cpu() for i in range(0, len(z), self.vae_batch)])
+
+    def target_cache_key(self) -> str:
+        """The VAE's weights (the latents of real images are cached on disk, keyed by it)."""
+        from ..cache import module_digest
+
+        return module_digest(self.vae)[:16]
 
     def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1] on the backend's device, differentiable (guidance through the VAE)."""

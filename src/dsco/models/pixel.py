@@ -89,10 +89,15 @@ def load_pixel_model(path: str | Path) -> tuple[UNet2DModel, PixelModelConfig, d
 class PixelBackend:
     """The pixel model as a `DiffusionBackend`: model space = images scaled to [-1, 1]."""
 
+    kind = "pixel"
+
     def __init__(self, unet: UNet2DModel, config: PixelModelConfig, num_steps: int = 50, guidance: float = 2.0):
         self.unet, self.config, self.guidance = unet, config, guidance
         self.num_classes = config.num_classes
         self.sample_shape = (config.channels, config.image_size, config.image_size)
+        self.image_shape = self.sample_shape
+        self.class_names = list(config.class_names)
+        self.device = torch.device("cpu")
         self.schedule = RespacedSchedule.from_scheduler(config.scheduler(), num_steps)
         self.timesteps = list(self.schedule.timesteps)
 
@@ -128,6 +133,9 @@ class PixelBackend:
 
     def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
         return self.decode(z)
+
+    def target_cache_key(self) -> None:
+        return None  # model space is the images themselves: nothing to cache
 
     @property
     def denoiser(self) -> torch.nn.Module:
