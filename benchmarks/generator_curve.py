@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dsco.baselines import random_subset
+from dsco.methods.selection import random_subset
 from dsco.bench import machine
 from dsco.concentrate import ConcentrateConfig, concentrate, default_teacher_dir
 from dsco.data import ImageSet, load_dataset

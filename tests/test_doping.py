@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsco.baselines import SELECTORS
+from dsco.methods.selection import SELECTORS
 from dsco.doping import DopingConfig, clarity, real_count, select
 from dsco.errors import DscoError
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import DMConfig
+from .methods.dm import DMConfig
 from .cache import cache_dir, cached
 from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids

@@ -1,5 +1,5 @@
 """Methods by name: DsCo, its data-free mode, the baselines and the diffusion-based peers."""
-from . import dsco, baselines, d4m, d3hr, mgd3, igd, minimax  # noqa: F401, I001  (registration, in the order the CLI lists them)
+from . import dsco, selection, dm, plain, d4m, d3hr, mgd3, igd, minimax  # noqa: F401, I001  (registration, in the order the CLI lists them)
 from .d3hr import D3HRConfig
 from .d4m import D4MConfig
 from .igd import IGDConfig

@@ -1,9 +1,12 @@
-"""Pick n real samples of one class from their features: pure functions returning indices."""
+"""Real-subset selection, the field's baselines: random, herding and k-center pick n real samples of one class from
+their features (pure functions returning indices), and the methods that write those samples as a set."""
 from __future__ import annotations
 
 import torch
 
 from ..errors import DscoError
+from ..features import RandomFeatureNet
+from .base import ClassOutput, ClassTask, Method, register
 
 
 def _check(features: torch.Tensor, n: int) -> None:
@@ -49,3 +52,41 @@ def kcenter(features: torch.Tensor, n: int, generator: torch.Generator | None = 
 
 
 SELECTORS = {"random": random_subset, "herding": herding, "kcenter": kcenter}
+
+
+def selection_features(images: torch.Tensor, space: str, seed: int) -> torch.Tensor:
+    """What herding / k-center compare: raw pixels, or a random conv net's pooled features."""
+    if space == "pixels":
+        return images.flatten(1)
+    return RandomFeatureNet(images.shape[1], 32, seed=seed).batched(images * 2 - 1)
+
+
+class _Selector(Method):
+    config_fields = ("feature_space",)
+
+    def synthesise(self, task: ClassTask) -> ClassOutput:
+        real, idx = task.real_images(), task.real_indices()
+        local = SELECTORS[self.name](selection_features(real, task.cfg.feature_space, task.cfg.seed), task.n, task.generator)
+        return ClassOutput(real[local], [{"source": "real", "index": int(i)} for i in idx[local]])
+
+
+@register
+class Random(_Selector):
+    """A uniformly random real subset."""
+
+    name = "random"
+    config_fields = ()
+
+
+@register
+class Herding(_Selector):
+    """Greedy herding on the class's features."""
+
+    name = "herding"
+
+
+@register
+class KCenter(_Selector):
+    """Greedy k-center on the class's features."""
+
+    name = "kcenter"
