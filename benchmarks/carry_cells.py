@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dsco.bench import BenchConfig, _Bench
-from dsco.concentrate import determining
+from dsco.orchestrate import determining
 from dsco.fsio import atomic_write_json
 
 

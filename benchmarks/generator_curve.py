@@ -22,7 +22,7 @@ import torch
 
 from dsco.methods.selection import random_subset
 from dsco.bench import machine
-from dsco.concentrate import ConcentrateConfig, concentrate, default_teacher_dir
+from dsco.orchestrate import ConcentrateConfig, concentrate, default_teacher_dir
 from dsco.data import ImageSet, load_dataset
 from dsco.evaluate import TeacherConfig, ensure_teacher, evaluate_set, protocol_named
 from dsco.fsio import atomic_write_json

@@ -10,7 +10,7 @@ import sys
 import time
 
 from dsco.bench import machine
-from dsco.concentrate import default_teacher_dir
+from dsco.orchestrate import default_teacher_dir
 from dsco.data import load_dataset
 from dsco.evaluate import TeacherConfig, ensure_teacher
 from dsco.fsio import atomic_write_json

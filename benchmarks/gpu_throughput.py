@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
 from dsco.bench import machine
-from dsco.concentrate import ConcentrateConfig, nopt_preset
+from dsco.orchestrate import ConcentrateConfig, nopt_preset
 from dsco.data import ImageSet
 from dsco.methods import ClassTask, method_named
 from dsco.fsio import atomic_write_json

@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 import torch
 
 from dsco.bench import machine
-from dsco.concentrate import default_model_dir, nopt_preset
+from dsco.orchestrate import default_model_dir, nopt_preset
 from dsco.data import load_dataset
 from dsco.features import RandomFeatureNet
 from dsco.fsio import atomic_write_json

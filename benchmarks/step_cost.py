@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 import torch
 
 from dsco.bench import machine
-from dsco.concentrate import nopt_preset
+from dsco.orchestrate import nopt_preset
 from dsco.features import RandomFeatureNet
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from

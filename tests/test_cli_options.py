@@ -93,3 +93,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--version"])
     assert capsys.readouterr().out.startswith("dsco ")
+
+
+def test_help_and_the_package_import_load_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dsco, dsco.cli; dsco.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # `dsco --help` answers at once; PyTorch loads when a command runs
+
+
+def test_the_package_exports_the_api_by_name():
+    import dsco
+
+    assert callable(dsco.concentrate) and dsco.ConcentrateConfig().method == "dsco" and dsco.__version__

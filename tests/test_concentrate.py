@@ -9,7 +9,7 @@ import torch
 
 import importlib
 from dsco.cli import main
-from dsco.concentrate import SCHEDULES, ConcentrateConfig, concentrate
+from dsco.orchestrate import SCHEDULES, ConcentrateConfig, concentrate
 from dsco.methods import METHODS
 from dsco.data import ImageSet
 from dsco.doping import DopingConfig
@@ -19,7 +19,7 @@ from dsco.nopt import NOptConfig
 from dsco.outputset import read_manifest, verify
 from conftest import kill_when
 
-conc = importlib.import_module("dsco.concentrate")  # the package re-exports a function of the same name
+conc = importlib.import_module("dsco.orchestrate")  # the package re-exports a function of the same name
 
 FAST = NOptConfig(iterations=3, feature_width=16, k_noises=1, lr=0.05)
 
@@ -219,7 +219,7 @@ def test_disk_full_is_reported_and_leaves_no_half_written_class(tmp_path, tiny_s
 def test_a_sets_fingerprint_ignores_the_knobs_of_other_methods():
     from dataclasses import replace
 
-    from dsco.concentrate import determining
+    from dsco.orchestrate import determining
     from dsco.datafree import DataFreeConfig
 
     rand = ConcentrateConfig(method="random").resolved()
@@ -244,7 +244,7 @@ def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, t
 def test_every_nopt_preset_is_valid_and_budget_is_the_reference_with_cheaper_knobs(name):
     from dataclasses import replace
 
-    from dsco.concentrate import nopt_preset
+    from dsco.orchestrate import nopt_preset
 
     nopt_preset(name).validate()
     assert SCHEDULES == ("reference", "budget")  # presets kept for history are retired; the knobs reach any setting
@@ -256,7 +256,7 @@ def test_every_nopt_preset_is_valid_and_budget_is_the_reference_with_cheaper_kno
 
 
 def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():
-    from dsco.concentrate import MNIST5K_SCHEDULE, nopt_preset
+    from dsco.orchestrate import MNIST5K_SCHEDULE, nopt_preset
 
     folder = ConcentrateConfig(dataset="/data/my-folder/train").resolved()
     assert folder.schedule == "reference" and folder.nopt == nopt_preset("reference") and folder.datafree.templates == 200

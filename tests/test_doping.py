@@ -76,7 +76,7 @@ def test_doping_scores_a_lazy_split_one_class_at_a_time_without_loading_it_whole
     (DopingConfig(budget=0.5, selector="best"), "unknown doping selector"),
 ])
 def test_doping_settings_are_refused_before_any_synthesis(doping, message, tmp_path, folder, tiny_model_dir, monkeypatch):
-    from dsco.concentrate import ConcentrateConfig, concentrate
+    from dsco.orchestrate import ConcentrateConfig, concentrate
     from dsco.errors import DscoError
     from dsco.methods.base import REGISTRY
 

@@ -7,7 +7,7 @@ import torch
 
 from dsco.bench import BenchConfig, bench, lossless_point, validate_results
 from dsco.cli import main
-from dsco.concentrate import ConcentrateConfig, concentrate
+from dsco.orchestrate import ConcentrateConfig, concentrate
 from dsco.data import ImageSet, load_dataset
 from dsco.errors import DscoError
 from dsco.evaluate import EvalProtocol, evaluate_set, train_classifier

@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 from PIL import Image
 
-from dsco.concentrate import ConcentrateConfig, concentrate, model_labels
+from dsco.orchestrate import ConcentrateConfig, concentrate, model_labels
 from dsco.data import load_dataset
 from dsco.data.imagenet import IMAGENETTE, IMAGEWOOF, wnid_to_label
 from dsco.errors import DscoError

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dsco.concentrate import ConcentrateConfig, concentrate
+from dsco.orchestrate import ConcentrateConfig, concentrate
 from dsco.kmeans import kmeans
 from dsco.methods import D3HRConfig, IGDConfig, MinimaxConfig
 from dsco.outputset import read_manifest, verify

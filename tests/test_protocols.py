@@ -188,7 +188,7 @@ def test_a_doped_set_trains_for_its_synthetic_ipcs_epochs():
 
 
 def test_the_doping_model_follows_the_dataset():
-    from dsco.concentrate import default_doping_protocol
+    from dsco.orchestrate import default_doping_protocol
 
     assert default_doping_protocol("imagewoof") == "imagenet-subset" and default_doping_protocol("mnist5k") == "cpu-small"
 

@@ -1,14 +1,22 @@
-"""dsco: concentrate image-classification datasets with diffusion-assisted distribution alignment (DsCo)."""
-from .bench import BenchConfig, bench
-from .concentrate import ConcentrateConfig, concentrate, nopt_preset
-from .data import ImageSet, load_dataset
-from .errors import DscoError
-from .evaluate import EvalProtocol, evaluate_set
-from .nopt import NOptConfig
-from .outputset import load_output_set, verify
+"""dsco: concentrate image-classification datasets with diffusion-assisted distribution alignment (DsCo).
+
+The names below are imported on first use, so `import dsco` (and `dsco --help`) does not load PyTorch."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "BenchConfig", "bench", "ConcentrateConfig", "concentrate", "nopt_preset", "ImageSet", "load_dataset",
-    "DscoError", "EvalProtocol", "evaluate_set", "NOptConfig", "load_output_set", "verify",
-]
+_EXPORTS = {
+    "ConcentrateConfig": "orchestrate", "concentrate": "orchestrate", "nopt_preset": "orchestrate",
+    "BenchConfig": "bench", "ImageSet": "data", "load_dataset": "data", "DscoError": "errors",
+    "EvalProtocol": "evaluate", "evaluate_set": "evaluate", "NOptConfig": "nopt", "load_output_set": "outputset",
+    "verify": "outputset",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'dsco' has no attribute {name!r}")

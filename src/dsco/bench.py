@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .concentrate import ConcentrateConfig, concentrate, determining, with_later_defaults
+from .orchestrate import ConcentrateConfig, concentrate, determining, with_later_defaults
 from .data import load_dataset
 from .doping import DopingConfig
 from .errors import DscoError
@@ -233,7 +233,7 @@ class _Bench:
 
     def generator(self) -> Optional[dict]:
         """Fréchet distance, precision / recall, density / coverage and fidelity of the model's plain samples."""
-        from .concentrate import default_model_dir
+        from .orchestrate import default_model_dir
         from .generator_metrics import generator_metrics
         from .models.loading import load_backend
 

@@ -49,10 +49,10 @@ def _train_model_config(a: argparse.Namespace):
 
     model = PixelModelConfig(image_size=a.image_size, block_out_channels=tuple(a.channels),
                              layers_per_block=a.layers_per_block, attention=a.attention)
+    given = {k: getattr(a, k) for k in ("steps", "batch_size", "lr", "checkpoint_every") if getattr(a, k) is not None}
     return TrainModelConfig(
-        dataset=a.dataset, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-        checkpoint_every=a.checkpoint_every, resume=a.resume, data_root=a.data_root, model=model,
-        snapshot_steps=tuple(a.snapshot_steps), device=a.device,
+        dataset=a.dataset, out=a.out, seed=a.seed, resume=a.resume, data_root=a.data_root, model=model,
+        snapshot_steps=tuple(a.snapshot_steps), device=a.device, **given,
     )
 
 
@@ -73,7 +73,7 @@ def _run_fields(a: argparse.Namespace) -> dict:
 
 
 def _sample_config(a: argparse.Namespace):
-    from .concentrate import ConcentrateConfig
+    from .orchestrate import ConcentrateConfig
 
     return ConcentrateConfig(method="diffusion", **_run_fields(a))
 
@@ -81,7 +81,7 @@ def _sample_config(a: argparse.Namespace):
 def _concentrate_config(a: argparse.Namespace):
     from dataclasses import replace
 
-    from .concentrate import ConcentrateConfig, default_doping_protocol, default_schedule, nopt_preset
+    from .orchestrate import ConcentrateConfig, default_doping_protocol, default_schedule, nopt_preset
     from .datafree import DataFreeConfig
     from .doping import DopingConfig
     from .evaluate import protocol_named
@@ -108,13 +108,13 @@ def _concentrate_config(a: argparse.Namespace):
 
 
 def _concentrate(a: argparse.Namespace) -> None:
-    from .concentrate import concentrate
+    from .orchestrate import concentrate
 
     print(concentrate(_concentrate_config(a), resume=a.resume))
 
 
 def _sample(a: argparse.Namespace) -> None:
-    from .concentrate import concentrate
+    from .orchestrate import concentrate
 
     print(concentrate(_sample_config(a), resume=a.resume))
 
@@ -206,7 +206,6 @@ def _bench(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .train_model import TrainModelConfig
 
     p = argparse.ArgumentParser(prog="dsco", description="Dataset concentration with diffusion models (DsCo).")
     p.add_argument("--version", action="version", version=f"dsco {__version__}")
@@ -216,15 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="mnist5k")
     t.add_argument("--data-root", default=None)
     t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=TrainModelConfig.steps)
-    t.add_argument("--batch-size", type=int, default=TrainModelConfig.batch_size)
-    t.add_argument("--lr", type=float, default=TrainModelConfig.lr)
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: TrainModelConfig's)")
+    t.add_argument("--batch-size", type=int, default=None, help="(default: TrainModelConfig's)")
+    t.add_argument("--lr", type=float, default=None, help="(default: TrainModelConfig's)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--image-size", type=int, default=28)
     t.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
     t.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers in each UNet block")
     t.add_argument("--attention", action="store_true", help="self-attention at the lowest resolution")
-    t.add_argument("--checkpoint-every", type=int, default=TrainModelConfig.checkpoint_every)
+    t.add_argument("--checkpoint-every", type=int, default=None, help="(default: TrainModelConfig's)")
     t.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
                    help="also keep the EMA model at these steps, under OUT/snapshots/step-NNNNNN")
     t.add_argument("--device", default=None, help="cpu or cuda (default: the GPU if there is one)")
