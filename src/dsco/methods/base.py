@@ -2,7 +2,7 @@
 
 A method builds one class at a time from a `ClassTask` (the class, its real data on demand, the
 diffusion backend when it uses one, a seeded generator) and returns the class's images in [0, 1]
-with their manifest sources. `concentrate.py` orchestrates classes, resume, sharding and the
+with their manifest sources. `orchestrate.py` runs the classes, resume, sharding and the
 manifest without knowing any method.
 """
 from __future__ import annotations
