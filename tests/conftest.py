@@ -35,6 +35,12 @@ def write_folder(root: Path, per_class: int = PER_CLASS, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def private_home(tmp_path: Path, monkeypatch) -> None:
+    """Every cache dsco keeps under ~/.cache/dsco (latents, teachers, fine-tuned weights) stays in the test's folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """An ImageFolder train split: 3 classes x 12 grey 8x8 images."""

@@ -69,7 +69,16 @@ def _run_fields(a: argparse.Namespace) -> dict:
         guidance=a.guidance, vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
         diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads, latent_cache=a.latent_cache, device=a.device,
         data_root=a.data_root, download=a.download, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
+        preflight=_preflight_samples(a),
     )
+
+
+def _preflight_samples(a: argparse.Namespace) -> int:
+    """--preflight, or by default 20 samples per class on a folder of the user's (a generator may never have seen
+    it) and none on the named datasets the shipped and ImageNet models were trained on."""
+    from .data import DATASET_NAMES
+
+    return a.preflight if a.preflight is not None else (0 if a.dataset in DATASET_NAMES else 20)
 
 
 def _sample_config(a: argparse.Namespace):
@@ -204,6 +213,40 @@ def _bench(a: argparse.Namespace) -> None:
     print(bench(_bench_config(a)))
 
 
+def _check(a: argparse.Namespace) -> None:
+    from .data import LazyImageSet
+    from .evaluate import TeacherConfig, ensure_teacher, protocol_named
+    from .fsio import atomic_write_json
+    from .models.loading import load_backend
+    from .orchestrate import default_model_dir, default_teacher_dir, image_shape_of, model_labels
+    from .preflight import Thresholds, advice, check_generator
+
+    train = _load(a, "train")
+    if isinstance(train, LazyImageSet):
+        raise DscoError("dsco check reads the train split into memory; this split is read lazily (ImageNet layout): "
+                        "point --dataset at a smaller ImageFolder of the same classes")
+    backend = load_backend(a.model or default_model_dir(a.dataset), num_steps=a.sampling_steps, device=a.device)
+    if tuple(image_shape_of(backend)) != tuple(train.image_shape):
+        raise DscoError(f"the model makes {image_shape_of(backend)} images but the dataset's images are {train.image_shape}")
+    teacher_dir = a.teacher or default_teacher_dir(a.dataset)
+    teacher = ensure_teacher(teacher_dir, train, lambda: _load(a, "test"), TeacherConfig(a.dataset, 0, protocol_named("cpu-small")))
+    if not hasattr(teacher, "embed"):
+        raise DscoError("dsco check compares features: give a teacher trained with dsco train-teacher (a ConvNet), "
+                        "not an ImageNet weights file")
+    labels = model_labels(list(train.class_names), backend, a.class_map)
+    report = check_generator(backend, train, teacher, f"teacher {teacher_dir}", a.per_class, a.seed, labels,
+                             Thresholds(a.min_fidelity, a.min_coverage))
+    print(f"{'class':>12} {'fidelity':>9} {'coverage':>9} {'FD':>8}")
+    for name, m in report["per_class"].items():
+        print(f"{name:>12} {m['fidelity']:>9.2f} {m['coverage']:>9.2f} {m['fd']:>8.2f}")
+    o = report["overall"]
+    print(f"{'overall':>12} {o['fidelity']:>9.2f} {o['coverage']:>9.2f} {o['fd']:>8.2f}")
+    line = advice(report)
+    print(f"dsco: warning: {line}" if line else "the model's plain samples are close to this data")
+    if a.json:
+        atomic_write_json(a.json, report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -261,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         g["model"].add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
         g["model"].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         g["run"].add_argument("--resume", action="store_true", help="continue an interrupted run")
+        g["model"].add_argument("--preflight", type=int, default=None, help="plain samples per class compared with the "
+                                "real classes before synthesis, with a warning when they are far (default: 20 on a "
+                                "folder dataset, 0 on named ones; recorded in the manifest)")
         c.set_defaults(func=func)
         if name == "sample":
             continue  # plain sampling has no method, NOpt or doping options to accept and ignore
@@ -344,6 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--full", action="store_true", help="train on the whole train split (the ceiling)")
     e.add_argument("--json", default=None, help="write the result here")
     e.set_defaults(func=_evaluate)
+
+    k = sub.add_parser("check", help="how far the model's plain samples are from each real class, before any synthesis")
+    _data_args(k)
+    k.add_argument("--model", default=None, help="the diffusion model (default: the shipped mnist5k model)")
+    k.add_argument("--per-class", type=int, default=20, help="plain samples per class")
+    k.add_argument("--sampling-steps", type=int, default=50)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--teacher", default=None, help="teacher directory (default: trained on the train split and cached)")
+    k.add_argument("--class-map", default=None, help="JSON {class folder: model label}")
+    k.add_argument("--device", default=None)
+    k.add_argument("--min-fidelity", type=float, default=0.9, help="warn below this class fidelity")
+    k.add_argument("--min-coverage", type=float, default=0.5, help="warn below this coverage")
+    k.add_argument("--json", default=None, help="write the report here")
+    k.set_defaults(func=_check)
 
     b = sub.add_parser("bench", help="concentrate and evaluate a grid of methods x IPC; table and plots")
     _data_args(b)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import shutil
 import time
@@ -16,12 +17,12 @@ from tqdm.auto import tqdm
 
 from .methods.dm import DMConfig
 from .cache import cache_dir, cached
-from .data import IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
+from .data import DATASET_NAMES, IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids
 from .datafree import DataFreeConfig
 from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
-from .evaluate import EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
+from .evaluate import PROTOCOLS, EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_json, safe_name
 from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig, method_named
 from .models.diffusion import DiffusionBackend
@@ -30,6 +31,7 @@ from .nopt import NOptConfig
 from .outputset import FORMAT, read_images, read_manifest, write_class_images
 from .parallel import barrier, join
 
+log = logging.getLogger(__name__)
 FEATURE_SPACES = ("pixels", "random-conv")
 SCHEDULES = ("reference", "budget")
 MNIST5K_SCHEDULE = "budget"  # the embedded default's preset: <= 2x plain sampling, the README run takes minutes
@@ -105,6 +107,7 @@ class ConcentrateConfig:
     mgd3: MGD3Config = field(default_factory=MGD3Config)
     data_root: Optional[str] = None
     download: bool = False  # let torchvision download the dataset into data_root (cannot change the set)
+    preflight: int = 0  # plain samples per class compared with the real classes before synthesis (0 = no check)
     test_dataset: Optional[str] = None
     on_bad_image: str = "fail"
 
@@ -150,6 +153,7 @@ def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     d = asdict(cfg)
     d.pop("latent_cache")
     d.pop("download")
+    d.pop("preflight")  # a check, not part of what the set is
     for key in OPTIONAL_KNOBS:  # an unset optional knob means the model's own behaviour: no change to the set
         if d[key] in (None, False):
             d.pop(key)
@@ -206,6 +210,7 @@ class _Run:
         self.method = method_named(cfg.method)
         self.class_names: list[str] = []
         self.shared: dict[str, Any] = {}  # the method's per-run state
+        self.preflight: Optional[dict[str, Any]] = None  # the pre-flight check's report (rank 0)
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
         saved = self.work / "run.json"
@@ -300,6 +305,31 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     return out
 
 
+def _preflight(cfg: ConcentrateConfig, backend: DiffusionBackend, train) -> Optional[dict[str, Any]]:
+    """`dsco check` before synthesis: how far the model's plain samples are from each real class (recorded in the
+    manifest; one warning line when far). Needs the model, the real classes in memory, and a teacher trained on
+    them (cached beside the others)."""
+    if not isinstance(train, ImageSet):
+        return None  # a lazily read (ImageNet-layout) split: the check would read it all
+    from .preflight import advice, check_generator
+
+    teacher_dir = default_teacher_dir(cfg.dataset).with_name(default_teacher_dir(cfg.dataset).name + "-preflight")
+    if cfg.test_dataset or cfg.dataset in DATASET_NAMES:
+        test = lambda: load_dataset(cfg.dataset, "test", data_root=cfg.data_root, download=cfg.download,  # noqa: E731
+                                    test_path=cfg.test_dataset, on_bad_image=cfg.on_bad_image)
+    else:  # a folder without a test split: the teacher's recorded accuracy is then on its own train split
+        test = lambda: train  # noqa: E731
+    teacher = ensure_teacher(teacher_dir, train, test, TeacherConfig(cfg.dataset, 0, PROTOCOLS["cpu-small"]), False, cfg.class_map)
+    if not hasattr(teacher, "embed"):
+        return None  # an ImageNet weights file: no feature space of this data to compare in
+    labels = model_labels(list(train.class_names), backend, cfg.class_map)
+    report = check_generator(backend, train, teacher, f"teacher {teacher_dir}", cfg.preflight, cfg.seed, labels)
+    line = advice(report)
+    if line:
+        log.warning("warning: %s", line)
+    return {k: report[k] for k in ("overall", "per_class", "far", "worst_classes", "thresholds", "per_class_samples")}
+
+
 def concentrate(
     config: ConcentrateConfig,
     *,
@@ -335,7 +365,9 @@ def concentrate(
                                embedding="diffusers" if cfg.diffusers_embedding else "dit")
     if backend is not None and synthetic is None:
         method.check(backend)  # before any image is read or encoded
-    needs_real = method.reads_real or cfg.doping.enabled
+    # the pre-flight check compares plain samples with the real classes; the data-free mode reads none
+    check = bool(cfg.preflight) and method.uses_model and synthetic is None and method.name != "dsco-datafree"
+    needs_real = method.reads_real or cfg.doping.enabled or check
     if not needs_real:
         train = None  # the data-free mode never touches real images, even when handed some
     elif train is None:
@@ -350,7 +382,9 @@ def concentrate(
         for label, count in enumerate(train.class_counts()):
             if count < cfg.ipc:
                 raise DscoError(f"IPC {cfg.ipc} is more than the {count} real images of class {class_names[label]!r}")
+    preflight = _preflight(cfg, backend, train) if check and rank == 0 else None
     run = _Run(cfg, train, backend, resume, progress, rank)
+    run.preflight = preflight
     run.class_names = class_names
     if backend is not None:
         run.labels = model_labels(class_names, backend, cfg.class_map)
@@ -404,6 +438,8 @@ def _finish(run: _Run, class_names: list[str]) -> Path:
         "class_stats": class_stats,
         "images": [e for label in range(len(class_names)) for e in entries[label]],
     }
+    if run.preflight is not None:
+        manifest["preflight"] = run.preflight
     atomic_write_json(run.work / "manifest.json", manifest)
     shutil.rmtree(run.work / "classes")
     (run.work / "run.json").unlink()
