@@ -23,19 +23,8 @@ Q=$OUT/queue.txt
   echo "--methods d3hr --ipc 10"
   echo "--methods d3hr --ipc 50"
 } > "$Q"
-# the teacher (LRS column) first, alone: every lane would otherwise train it
-$DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 --synthesis-seeds 3 --methods random --ipc 1
-lane() {
-  while true; do
-    job=$(flock "$OUT/queue.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
-    [ -z "$job" ] && break
-    echo "$(date +%T) lane $1: $job" >> "$OUT/progress.log"
-    method=$(echo "$job" | awk '{print $2}')
-    flock "$OUT/$method.lock" $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 --synthesis-seeds 3 $job \
-      >> "$OUT/lane$1.log" 2>&1 || echo "$(date +%T) lane $1 FAILED: $job" >> "$OUT/progress.log"
-    echo "$(date +%T) lane $1 done: $job" >> "$OUT/progress.log"
-  done
-}
-for i in $(seq "$LANES"); do lane "$i" & done
-wait
+# the teacher (the LRS column's teacher labels) first, alone: every lane would otherwise train it
+[ -f "$OUT/teacher/config.json" ] || $DSCO train-teacher --dataset mnist5k --out "$OUT/teacher"
+. "$(dirname "$0")/lanes.sh"
+run_lanes "$OUT" "$LANES" --synthesis-seeds 3
 $DSCO bench --dataset mnist5k --ipc 1,10,50 --synthesis-seeds 3 --runs 3 --out "$OUT" --cached-only

@@ -26,16 +26,6 @@ Q=$OUT/queue.txt
 } > "$Q"
 # the full-data cell first, alone (every lane would otherwise compute it)
 $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 --methods random --ipc 1 --no-lrs --bn-protocol none
-lane() {
-  while true; do
-    job=$(flock "$OUT/queue.lock" bash -c "head -n1 '$Q'; sed -i 1d '$Q'")
-    [ -z "$job" ] && break
-    echo "$(date +%T) lane $1: $job" >> "$OUT/progress.log"
-    method=$(echo "$job" | awk '{print $2}')
-    flock "$OUT/$method.lock" $DSCO bench --dataset mnist5k --runs 3 --out "$OUT" --generator-samples 0 $job >> "$OUT/lane$1.log" 2>&1 \
-      || echo "$(date +%T) lane $1 FAILED: $job" >> "$OUT/progress.log"
-  done
-}
-for i in $(seq "$LANES"); do lane "$i" & done
-wait
+. "$(dirname "$0")/lanes.sh"
+run_lanes "$OUT" "$LANES"
 $DSCO bench --dataset mnist5k --ipc 1,10,50 --synthesis-seeds 3 --runs 3 --out "$OUT" --curve --cached-only
