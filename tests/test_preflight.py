@@ -3,7 +3,8 @@ import torch
 
 from dsco.orchestrate import ConcentrateConfig, concentrate
 from dsco.outputset import read_manifest
-from dsco.preflight import Thresholds, advice, check_generator, plain_samples
+from dsco.generator_metrics import sample_set
+from dsco.preflight import Thresholds, advice, check_generator
 
 
 def test_a_random_model_is_far_from_the_data_and_the_run_says_so_and_records_it(tmp_path, folder, tiny_model_dir, caplog, monkeypatch):
@@ -33,7 +34,7 @@ def test_the_verdict_follows_the_thresholds(tiny_backend, tiny_set):
 
 
 def test_samples_are_drawn_for_each_class_as_the_model_labels_it(tiny_backend):
-    s = plain_samples(tiny_backend, 2, 0, ["x", "y"], model_labels=[2, 0])
-    direct = plain_samples(tiny_backend, 2, 0, ["p", "q", "r"])
+    s = sample_set(tiny_backend, 2, 0, ["x", "y"], model_labels=[2, 0])
+    direct = sample_set(tiny_backend, 2, 0, ["p", "q", "r"])
     assert s.labels.tolist() == [0, 0, 1, 1] and s.images.shape == (4, 1, 8, 8)
     assert not torch.equal(s.images[:2], direct.images[:2])  # dataset class 0 is model label 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -118,13 +118,15 @@ def set_metrics(real: ImageSet, fake: ImageSet, net: torch.nn.Module, feature_ne
     return {"feature_net": feature_net, "overall": overall, "per_class": per_class, "class_mean": mean_of_classes}
 
 
-def sample_set(backend: DiffusionBackend, per_class: int, seed: int, class_names: list[str]) -> ImageSet:
-    """Plain class-conditional samples, `per_class` of each class, quantised as an output set's PNGs are."""
+def sample_set(backend: DiffusionBackend, per_class: int, seed: int, class_names: list[str],
+               model_labels: Optional[list[int]] = None) -> ImageSet:
+    """Plain class-conditional samples, `per_class` of each class, quantised as an output set's PNGs are; class c
+    is drawn for its label in the model, `model_labels[c]` (default: c, every class of the model)."""
     xs, ys = [], []
-    for label in range(backend.num_classes):
-        g = torch.Generator().manual_seed(seed * 1000 + label)
-        xs.append(backend.decode(plain_sample(backend, label, per_class, g)).cpu())
-        ys.append(torch.full((per_class,), label))
+    for c, model_label in enumerate(model_labels or range(backend.num_classes)):
+        g = torch.Generator().manual_seed(seed * 1000 + c)
+        xs.append(backend.decode(plain_sample(backend, model_label, per_class, g)).cpu())
+        ys.append(torch.full((per_class,), c))
     return ImageSet((torch.cat(xs) * 255).round() / 255, torch.cat(ys), class_names, "samples")
 
 

@@ -14,8 +14,8 @@ from typing import Any, Optional
 import torch
 
 from .data import ImageSet
-from .generator_metrics import set_metrics
-from .models.diffusion import DiffusionBackend, plain_sample
+from .generator_metrics import sample_set, set_metrics
+from .models.diffusion import DiffusionBackend
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +27,6 @@ class Thresholds:
 
     fidelity: float = 0.9  # the share of samples the teacher assigns to the class asked for
     coverage: float = 0.5  # the share of real images with a sample among their nearest neighbours
-
-
-def plain_samples(backend: DiffusionBackend, per_class: int, seed: int, class_names: list[str],
-                  model_labels: Optional[list[int]] = None) -> ImageSet:
-    """`per_class` plain samples of each dataset class (drawn for its label in the model), quantised as PNGs are."""
-    labels = model_labels or list(range(len(class_names)))
-    xs, ys = [], []
-    for c, model_label in enumerate(labels):
-        g = torch.Generator().manual_seed(seed * 1000 + c)
-        xs.append(backend.decode(plain_sample(backend, model_label, per_class, g)).cpu())
-        ys.append(torch.full((per_class,), c))
-    return ImageSet((torch.cat(xs) * 255).round() / 255, torch.cat(ys), class_names, "samples")
 
 
 def real_reference(train: ImageSet, per_class: int, seed: int) -> ImageSet:
@@ -53,7 +41,7 @@ def check_generator(backend: DiffusionBackend, train: ImageSet, teacher: torch.n
                     thresholds: Thresholds = Thresholds()) -> dict[str, Any]:
     """The metrics of the model's plain samples against the train split, per class and overall, and whether they
     are far (overall class fidelity or coverage below the thresholds), with the classes furthest off."""
-    fake = plain_samples(backend, per_class, seed, list(train.class_names), model_labels)
+    fake = sample_set(backend, per_class, seed, list(train.class_names), model_labels or list(range(train.num_classes)))
     m = set_metrics(real_reference(train, max(100, per_class), seed), fake, teacher, teacher_name)
     overall = m["overall"]
     far = overall["fidelity"] < thresholds.fidelity or overall["coverage"] < thresholds.coverage
