@@ -1,10 +1,16 @@
-"""Throughput and peak GPU memory of a DiT-XL/2-sized model at 256x256: plain DDIM vs NOpt, bf16 vs fp32, and every method of the registry.
+"""Throughput and peak GPU memory of a DiT-XL/2-sized model at 256x256: plain sampling vs NOpt, bf16 vs fp32, classes
+batched or one at a time, and every method of the registry.
 
 Random weights (speed does not depend on them): DiT-XL/2 (28 layers, width 1152, 16 heads, patch 2,
 1000 classes, learned sigma) and the SD VAE architecture (4 levels 128-256-512-512). Each cell
-synthesises `--classes` classes at an IPC with guidance 4.0 and 50 steps, VAE decode included, and
-reports images per second and peak allocated GPU memory. NOpt runs on random "real" latents
-(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) and the budget preset (the mnist5k default).
+synthesises `--classes` classes at an IPC, `--class-batch` of them at a time (NOpt's and plain sampling's
+batched path, `dsco concentrate --class-batch`), with guidance 4.0 and 50 steps, VAE decode included, after an
+untimed warm-up group, and reports images per second and peak allocated GPU memory. `plain` is the ancestral
+sampler NOpt steers (the `diffusion` method); `ddim` diffusers' DDIM. NOpt runs on random "real" latents
+(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) or the budget preset
+(the mnist5k default); a `+nograph` suffix iterates without CUDA graphs. Each NOpt cell's `ratio_to_plain` divides by the plain cell of the same dtype, IPC
+and class batch; each plain cell's `share_of_peak` is its model FLOPs per second (counted by PyTorch's
+FlopCounterMode on this model: 2 FLOPs a multiply-add) over the device's dense bf16 peak.
 Any other name in `--methods` is a method of the registry (diffusion, dsco, d4m, d3hr, mgd3, igd, minimax, ...)
 run through its `synthesise` exactly as `dsco concentrate` runs it, with its default knobs, on the same random
 latents (and, for a method that trains on the pixels, `--train-images` random images per class); its cell
@@ -20,7 +26,8 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
@@ -31,7 +38,8 @@ from dsco.data import ImageSet
 from dsco.methods import ClassTask, method_named
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from
-from dsco.nopt import NOptConfig, nopt_class
+from dsco.models.diffusion import plain_samples
+from dsco.nopt import NOptConfig, nopt_classes
 
 
 def build(tiny: bool) -> tuple[DiTTransformer2DModel, AutoencoderKL]:
@@ -92,22 +100,76 @@ def peak_gib(dev: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None
 
 
-def cell(backend: LatentBackend, method: str, ipc: int, classes: int, targets: int, nopt: NOptConfig | None) -> dict:
+# NVIDIA's dense (no sparsity) bf16 tensor-core peaks, FLOP/s, by device name (first match)
+DENSE_BF16_PEAK = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989.4e12), ("H100", 989.4e12), ("A100", 312e12))
+
+
+def dense_bf16_peak(name: str) -> Optional[float]:
+    return next((peak for key, peak in DENSE_BF16_PEAK if key in name), None)
+
+
+def model_flops(backend: LatentBackend) -> dict:
+    """FLOPs of one guided model call and one VAE decode, per image, as PyTorch counts them (2 a multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn((1, *backend.sample_shape), device=backend.device)
+    y = torch.zeros(1, dtype=torch.long, device=backend.device)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            backend.model_output(x, backend.timesteps[0], y)
+        guided = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            backend.decode(x)
+        decode = fc.get_total_flops()
+    steps = len(backend.timesteps)
+    return {"guided_call_per_image": guided, "decode_per_image": decode, "steps": steps,
+            "sampling_per_image": guided * steps, "per_image": guided * steps + decode}
+
+
+def matmul_tflops(device: torch.device) -> Optional[float]:
+    """What an 8192^3 bf16 matrix product reaches here (TFLOP/s): the device's practical peak."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ a
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    sync(device)
+    return round(10 * 2 * 8192**3 / (time.perf_counter() - t0) / 1e12, 1)
+
+
+def synthesise_group(backend: LatentBackend, method: str, labels: list[int], ipc: int, targets: int,
+                     nopt: Optional[NOptConfig], graphs: Optional[bool]) -> None:
+    """One batch of classes, decoded, as concentrate makes them."""
+    gens = [torch.Generator().manual_seed(label) for label in labels]
+    if method == "ddim":
+        zs = [ddim(backend, label, ipc, len(backend.timesteps), g) for label, g in zip(labels, gens)]
+        return
+    if method == "plain":
+        zs = plain_samples(backend, labels, ipc, gens)
+    else:
+        real = [torch.randn((targets, *backend.sample_shape), generator=torch.Generator().manual_seed(1000 + label)) for label in labels]
+        zs = [z for z, _ in nopt_classes(backend, labels, real, ipc, nopt, gens, [label + 1 for label in labels], graphs=graphs)]
+    for z in zs:
+        backend.decode(z)
+
+
+def cell(backend: LatentBackend, method: str, ipc: int, classes: int, class_batch: int, targets: int,
+         nopt: Optional[NOptConfig], graphs: Optional[bool] = None) -> dict:
     dev = backend.device
+    warm = replace(nopt, iterations=min(nopt.iterations, 2), max_targets=50) if nopt else None
+    synthesise_group(backend, method, list(range(900, 900 + class_batch)), ipc, targets, warm, graphs)  # warm-up, untimed
     reset_peak(dev)
     sync(dev)
     t0 = time.perf_counter()
-    for label in range(classes):
-        g = torch.Generator().manual_seed(label)
-        if method == "ddim":
-            ddim(backend, label, ipc, len(backend.timesteps), g)
-        else:
-            real = torch.randn((targets, *backend.sample_shape), generator=g)
-            z, _ = nopt_class(backend, label, real, ipc, nopt, g, label + 1)
-            backend.decode(z)
+    for start in range(0, classes, class_batch):
+        synthesise_group(backend, method, list(range(start, min(classes, start + class_batch))), ipc, targets, nopt, graphs)
     sync(dev)
     seconds = time.perf_counter() - t0
-    return {"method": method, "ipc": ipc, "classes": classes, "seconds": round(seconds, 2),
+    return {"method": method, "ipc": ipc, "classes": classes, "class_batch": class_batch, "seconds": round(seconds, 2),
             "images_per_second": round(ipc * classes / seconds, 4), "peak_gpu_gib": peak_gib(dev),
             "nopt": asdict(nopt) if nopt else None}
 
@@ -151,37 +213,70 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", default="10,50")
     p.add_argument("--dtypes", default="bf16,fp32")
-    p.add_argument("--methods", default="ddim,nopt-budget,nopt-reference")
-    p.add_argument("--classes", type=int, default=1)
+    p.add_argument("--methods", default="plain,nopt-budget,nopt-reference")
+    p.add_argument("--classes", type=int, default=1, help="classes per cell (at least the class batch)")
+    p.add_argument("--class-batch", default="1", help="classes sampled together, a list (IPC 10 and 50 may differ: "
+                   "'10:10,50:4' = 10 at IPC 10, 4 at IPC 50)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer")
     p.add_argument("--train-images", type=int, default=50, help="random train images per class, for methods that train on pixels (IGD)")
     a, dit, vae = parse_and_build(p, argv)
     results: list[dict] = []
+    meta: dict = {}
 
     def write(dev: torch.device) -> None:  # after every cell, so a run stopped by a time limit keeps what it measured
         atomic_write_json(a.out, {
             "benchmark": "gpu_throughput", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 + SD-VAE (random weights)",
-            "device": device_name(dev), "machine": machine(),
-            "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "results": results,
+            "device": device_name(dev), "machine": machine(), "compile": a.compile,
+            "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, **meta, "results": results,
         })
 
+    def batches(ipc: int) -> list[int]:
+        out = []
+        for part in a.class_batch.split(","):
+            at, _, b = part.rpartition(":")
+            if not at or int(at) == ipc:
+                out.append(int(b))
+        return out or [1]
+
     for dtype in a.dtypes.split(","):
-        backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device)
+        backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=dtype == "bf16", device=a.device,
+                                compile=a.compile)
+        if "flops" not in meta:
+            meta["flops"] = model_flops(backend)
+            meta["dense_bf16_peak_tflops"] = (dense_bf16_peak(device_name(backend.device)) or 0) / 1e12 or None
+            meta["matmul_bf16_tflops"] = matmul_tflops(backend.device)
+            print(f"FLOPs per image {meta['flops']}, peak {meta['dense_bf16_peak_tflops']}, matmul {meta['matmul_bf16_tflops']} TFLOP/s", flush=True)
         for ipc in [int(x) for x in a.ipc.split(",")]:
-            for method in a.methods.split(","):
-                if method == "ddim":
-                    r = cell(backend, "ddim", ipc, a.classes, a.targets, None)
-                elif method.startswith("nopt"):
-                    nopt = nopt_preset(method.split("-", 1)[1])
-                    if a.tiny:
-                        nopt.iterations, nopt.feature_width = min(nopt.iterations, 2), 16
-                    r = cell(backend, "nopt", ipc, a.classes, a.targets, nopt)
-                else:
-                    r = registry_cell(backend, method, ipc, a.classes, a.targets, a.train_images)
-                r.update({"variant": method, "dtype": dtype})
-                per_class = f", per class {r['class_seconds']} s" if "class_seconds" in r else ""
-                print(f"{dtype} ipc {ipc} {method}: {r['images_per_second']} img/s{per_class}, peak {r['peak_gpu_gib']} GiB", flush=True)
-                results.append(r)
-                write(backend.device)
+            for class_batch in batches(ipc):
+                plain = None
+                for method in a.methods.split(","):
+                    name, *flags = method.split("+")
+                    classes = max(a.classes, class_batch)
+                    if name in ("ddim", "plain"):
+                        r = cell(backend, name, ipc, classes, class_batch, a.targets, None)
+                    elif name.startswith("nopt"):
+                        nopt = nopt_preset(name.split("-", 1)[1])
+                        if a.tiny:
+                            nopt.iterations, nopt.feature_width = min(nopt.iterations, 2), 16
+                        r = cell(backend, "nopt", ipc, classes, class_batch, a.targets, nopt, False if "nograph" in flags else None)
+                    else:
+                        r = registry_cell(backend, name, ipc, a.classes, a.targets, a.train_images)
+                    r.update({"variant": method, "dtype": dtype})
+                    if name == "plain":
+                        plain = r
+                        peak = meta["dense_bf16_peak_tflops"]
+                        flops = r["images_per_second"] * meta["flops"]["sampling_per_image"] / 1e12
+                        r["model_tflops_per_second"] = round(flops, 1)
+                        r["share_of_peak"] = round(flops / peak, 3) if peak else None
+                    elif plain is not None:
+                        r["ratio_to_plain"] = round(plain["images_per_second"] / r["images_per_second"], 2)
+                    per_class = f", per class {r['class_seconds']} s" if "class_seconds" in r else ""
+                    extra = "".join(f", {k} {r[k]}" for k in ("share_of_peak", "ratio_to_plain") if k in r)
+                    print(f"{dtype} ipc {ipc} x{class_batch} {method}: {r['images_per_second']} img/s{per_class}{extra}, "
+                          f"peak {r['peak_gpu_gib']} GiB", flush=True)
+                    results.append(r)
+                    write(backend.device)
+
 
 if __name__ == "__main__":
     main()

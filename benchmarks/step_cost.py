@@ -18,6 +18,8 @@ counted as optimised, so the ratios are upper bounds.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+import math
 import sys
 import time
 from typing import Callable, TypeVar
@@ -29,7 +31,8 @@ from dsco.orchestrate import nopt_preset
 from dsco.features import RandomFeatureNet
 from dsco.fsio import atomic_write_json
 from dsco.models.latent import LatentBackend, alphas_cumprod_from
-from dsco.nopt import make_optimizer, noised_targets, target_loss
+from dsco.nopt import (GraphedIterations, _iterate, class_target_loss, feature_batch, make_optimizer, noised_targets,
+                       target_generator)
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from gpu_throughput import device_name, parse_and_build, sync  # noqa: E402  (the same DiT-XL/2 and VAE shapes)
@@ -48,33 +51,46 @@ def timed(fn: Callable[[], T], repeats: int, device: torch.device) -> tuple[floa
     return (time.perf_counter() - t0) / repeats, out
 
 
-def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, repeats: int) -> dict:
-    """Per-step seconds of the target features and of one iteration under a NOpt preset."""
+def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, repeats: int, classes: int) -> dict:
+    """Per-step seconds of one class's target features and of one iteration of `classes` classes under a NOpt
+    preset: eagerly, and replayed from a CUDA graph (the reference's SGD; on a GPU)."""
     cfg = nopt_preset(preset)
     dev, shape = backend.device, backend.sample_shape
     g = torch.Generator().manual_seed(0)
+    tg = target_generator(g, dev)
     z0 = torch.randn((min(targets, cfg.max_targets or targets), *shape), generator=g).to(dev)
-    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=1).to(dev)
+    nets = [RandomFeatureNet(shape[0], cfg.feature_width, seed=1 + c).to(dev) for c in range(classes)]
     t = backend.timesteps[len(backend.timesteps) // 2]
     # as NOpt does at a step: the real targets noised afresh (stratified over K draws), then their features
-    t_targets, loss_fn = timed(lambda: target_loss(phi, noised_targets(backend, z0, t, ipc, cfg.k_noises, g), ipc, cfg), 1, dev)
+    t_targets, feats = timed(lambda: nets[0].batched(noised_targets(backend, z0, t, ipc, cfg.k_noises, tg), feature_batch(dev)), 1, dev)
+    loss = class_target_loss(nets, [feats] * classes, ipc, cfg)
     n_targets = len(z0) * cfg.k_noises
-    mu = torch.randn((ipc, *shape), generator=g).to(dev)
-    sigma = torch.full_like(mu, 0.1)
-    eps = torch.randn((ipc, *shape), generator=g).to(dev).requires_grad_(True)
+    mu = torch.randn((classes * ipc, *shape), generator=g).to(dev)
+    sigma = torch.full((), 0.1, device=dev)
+    eps = torch.randn((classes * ipc, *shape), generator=g).to(dev).requires_grad_(True)
     opt = make_optimizer(eps, cfg.optimizer, cfg.lr, cfg.momentum)
 
     def iteration() -> None:
-        loss = loss_fn(mu + sigma * eps, eps)
+        losses = loss(mu + sigma * eps, eps)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()
         opt.step()
 
     t_iter, _ = timed(iteration, repeats, dev)
-    return {"preset": preset, "iterations": cfg.iterations, "feature_width": cfg.feature_width,
-            "targets_per_step": n_targets, "seconds_targets": round(t_targets, 4),
-            "seconds_iteration": round(t_iter, 4), "steps_optimised": cfg.optimised_steps(len(backend.timesteps)),
-            "seconds_nopt_per_step": round(t_targets + cfg.iterations * t_iter, 4)}
+    row = {"preset": preset, "classes": classes, "iterations": cfg.iterations, "feature_width": cfg.feature_width,
+           "targets_per_step": n_targets, "seconds_targets_per_class": round(t_targets, 4),
+           "seconds_iteration": round(t_iter, 4), "steps_optimised": cfg.optimised_steps(len(backend.timesteps))}
+    if dev.type == "cuda" and cfg.optimizer == "sgd":
+        runner = GraphedIterations(loss, mu, sigma, eps.detach(), cfg.momentum, capture=True)
+        t_graph, _ = timed(lambda: runner.run(loss, mu, sigma, eps.detach(), cfg.lr, 20), repeats, dev)
+        row["seconds_iteration_graphed"] = round(t_graph / 20, 5)
+        row["graph_captured"] = runner.graph is not None
+        graphed, _ = runner.run(loss, mu, sigma, eps.detach(), cfg.lr, 20)
+        eager, _, _ = _iterate(loss, mu, sigma, eps.detach(), replace(cfg, iterations=20), cfg.lr)
+        row["graphed_vs_eager_max_abs_diff"] = float((graphed - eager).abs().max())  # the same 20 iterations
+    best = min(row["seconds_iteration"], row.get("seconds_iteration_graphed", math.inf))
+    row["seconds_nopt_per_step_per_class"] = round(t_targets + cfg.iterations * best / classes, 4)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--presets", default="budget,reference")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--classes", default="1", help="classes per iteration, a list (NOpt's --class-batch)")
+    p.add_argument("--bf16", action="store_true", help="the model step under bf16 autocast")
     a, dit, vae = parse_and_build(p, argv)
-    backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, device=a.device)
+    backend = LatentBackend(dit, vae, alphas_cumprod_from({}), num_steps=50, guidance=4.0, bf16=a.bf16, device=a.device)
     dev, steps = backend.device, len(backend.timesteps)
     x = torch.randn((a.ipc, *backend.sample_shape)).to(dev)
     y = torch.zeros(a.ipc, dtype=torch.long, device=dev)
@@ -93,13 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model step (guided, IPC {a.ipc}): {t_model:.3f} s", flush=True)
     rows = []
     for preset in a.presets.split(","):
-        r = preset_costs(backend, preset, a.ipc, a.targets, a.repeats)
-        r["cost_vs_plain"] = round(1 + r["steps_optimised"] / steps * r["seconds_nopt_per_step"] / t_model, 3)
-        print(f"{preset}: targets {r['seconds_targets']} s, iteration {r['seconds_iteration']} s, "
-              f"cost {r['cost_vs_plain']}x plain", flush=True)
-        rows.append(r)
+        for classes in [int(c) for c in a.classes.split(",")]:
+            r = preset_costs(backend, preset, a.ipc, a.targets, a.repeats, classes)
+            r["cost_vs_plain_one_class"] = round(1 + r["steps_optimised"] / steps * r["seconds_nopt_per_step_per_class"] / t_model, 3)
+            print(f"{preset} x{classes}: targets {r['seconds_targets_per_class']} s a class, iteration {r['seconds_iteration']} s, "
+                  f"graphed {r.get('seconds_iteration_graphed')} s", flush=True)
+            rows.append(r)
     atomic_write_json(a.out, {
         "benchmark": "step_cost", "model": "tiny" if a.tiny else "DiT-XL/2 256x256 (random weights), guidance 4.0",
+        "bf16": a.bf16,
         "device": device_name(dev), "machine": machine(),
         "command": " ".join(["python", *sys.argv]), "torch": torch.__version__, "ipc": a.ipc, "steps": steps,
         "seconds_model_step": round(t_model, 4), "rows": rows,

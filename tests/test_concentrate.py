@@ -16,7 +16,7 @@ from dsco.doping import DopingConfig
 from dsco.errors import DscoError
 from dsco.evaluate import EvalProtocol, TeacherConfig, train_teacher
 from dsco.nopt import NOptConfig
-from dsco.outputset import read_manifest, verify
+from dsco.outputset import read_images, read_manifest, verify
 from conftest import kill_when
 
 conc = importlib.import_module("dsco.orchestrate")  # the package re-exports a function of the same name
@@ -87,29 +87,28 @@ def _hashes(out: Path) -> list[str]:
 
 def test_interrupted_run_resumes_to_the_same_set(tmp_path, tiny_set, tiny_backend, monkeypatch):
     whole = concentrate(config(tmp_path / "whole"), train=tiny_set, backend=tiny_backend, progress=False)
-    real = conc._synthesise_class
+    real = conc._synthesise_classes
 
-    def dies_on_class_2(run, label, *a):
-        if label == 2:
+    def dies_on_class_2(run, labels):
+        if 2 in labels:
             raise KeyboardInterrupt
-        return real(run, label, *a)
+        return real(run, labels)
 
-    monkeypatch.setattr(conc, "_synthesise_class", dies_on_class_2)
+    monkeypatch.setattr(conc, "_synthesise_classes", dies_on_class_2)
     with pytest.raises(KeyboardInterrupt):
         concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
     assert not (tmp_path / "cut").exists()
     with pytest.raises(DscoError, match="pass --resume"):
         concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
-    monkeypatch.setattr(conc, "_synthesise_class", real)
     calls = []
-    monkeypatch.setattr(conc, "_synthesise_class", lambda run, label, *a: calls.append(label) or real(run, label, *a))
+    monkeypatch.setattr(conc, "_synthesise_classes", lambda run, labels: calls.extend(labels) or real(run, labels))
     cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
     assert calls == [2]  # finished classes are not redone
     assert _hashes(cut) == _hashes(whole)
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tiny_set, tiny_backend, monkeypatch):
-    monkeypatch.setattr(conc, "_synthesise_class", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(conc, "_synthesise_classes", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         concentrate(config(tmp_path / "x"), train=tiny_set, backend=tiny_backend, progress=False)
     with pytest.raises(DscoError, match="different configuration"):
@@ -267,15 +266,34 @@ def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():
 
 def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_default(tmp_path, tiny_set, tiny_backend, monkeypatch):
     whole = concentrate(config(tmp_path / "whole"), train=tiny_set, backend=tiny_backend, progress=False)
-    real = conc._synthesise_class
+    real = conc._synthesise_classes
     with monkeypatch.context() as m:
-        m.setattr(conc, "_synthesise_class", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        m.setattr(conc, "_synthesise_classes", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False)
     run = tmp_path / ".cut.work" / "run.json"
     record = json.loads(run.read_text())
     del record["config"]["nopt"]["steps_start"]  # as written before --steps-start was added
     run.write_text(json.dumps(record))
-    assert conc._synthesise_class is real
+    assert conc._synthesise_classes is real
     cut = concentrate(config(tmp_path / "cut"), train=tiny_set, backend=tiny_backend, progress=False, resume=True)
     assert _hashes(cut) == _hashes(whole)
+
+
+@pytest.mark.parametrize("method", ["dsco", "diffusion"])
+def test_classes_batched_make_the_set_of_one_class_at_a_time(method, tmp_path, tiny_set, tiny_backend):
+    """--class-batch shares the model's calls between classes; every draw still comes from each class's own
+    generator, so the images are one class at a time's up to float rounding (one grey level in the saved PNGs)."""
+    alone = concentrate(config(tmp_path / "alone", method), train=tiny_set, backend=tiny_backend, progress=False)
+    together = concentrate(config(tmp_path / "together", method, class_batch=2), train=tiny_set, backend=tiny_backend, progress=False)
+    a, b = read_manifest(alone), read_manifest(together)
+    assert [e["label"] for e in a["images"]] == [e["label"] for e in b["images"]]
+    ia, ib = read_images(alone, a["images"]), read_images(together, b["images"])
+    assert (ia - ib).abs().max() <= 1 / 255 + 1e-6
+    assert [b["class_stats"][c].get("class_batch") for c in b["class_names"]] == [2, 2, None]  # 3 classes: 2, then 1
+    assert b["device"] == "cpu"
+
+
+def test_class_batch_below_one_is_refused_before_any_work(tmp_path, tiny_set):
+    with pytest.raises(DscoError, match="--class-batch must be a positive integer"):
+        concentrate(config(tmp_path / "o", class_batch=0), train=tiny_set, progress=False)

@@ -206,10 +206,15 @@ def load_benchmark(name: str):
 
 
 def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
-    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "ddim,nopt-budget", "--dtypes", "fp32",
-              "--targets", "8", "--out", str(tmp_path / "r.json")])
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "plain,ddim,nopt-budget",
+              "--dtypes", "fp32", "--class-batch", "2", "--targets", "8", "--out", str(tmp_path / "r.json")])
     r = json.loads((tmp_path / "r.json").read_text())
-    assert [c["variant"] for c in r["results"]] == ["ddim", "nopt-budget"] and all(c["images_per_second"] > 0 for c in r["results"])
+    assert [c["variant"] for c in r["results"]] == ["plain", "ddim", "nopt-budget"] and all(c["images_per_second"] > 0 for c in r["results"])
+    plain, _, nopt = r["results"]
+    assert plain["class_batch"] == plain["classes"] == 2
+    assert nopt["ratio_to_plain"] == round(plain["images_per_second"] / nopt["images_per_second"], 2)
+    flops = r["flops"]  # counted on the model: a guided call is two forward passes
+    assert flops["sampling_per_image"] == flops["guided_call_per_image"] * flops["steps"] > 0
 
 
 def test_gpu_throughput_runs_registry_methods_and_times_each_class(tmp_path):
@@ -224,7 +229,7 @@ def test_step_cost_benchmark_charges_the_reference_schedule_more_than_budget(tmp
     load_benchmark("step_cost").main(["--tiny", "--device", "cpu", "--presets", "budget,reference", "--ipc", "2", "--targets", "8",
                                       "--repeats", "1", "--out", str(tmp_path / "r.json")])
     budget, reference = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert 1 < budget["cost_vs_plain"] < reference["cost_vs_plain"]
+    assert 1 < budget["cost_vs_plain_one_class"] < reference["cost_vs_plain_one_class"]
     assert reference["targets_per_step"] == 8 * 5 and budget["targets_per_step"] == 8
 
 
@@ -300,3 +305,32 @@ def test_a_dit_with_latents_too_small_for_the_feature_net_is_refused_up_front(tm
     err = capsys.readouterr().err
     assert rc == 2 and "at least 8x8" in err and "4x4" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_dit_classes_batched_get_the_samples_each_gets_alone(backend):
+    """On DiT (learned sigma: a per-sample std in each step) the batched NOpt and plain sampler give each class
+    what it gets alone, up to float rounding."""
+    from dsco.models.diffusion import plain_sample, plain_samples
+    from dsco.nopt import nopt_class, nopt_classes
+
+    cfg = NOptConfig(iterations=5, feature_width=16)
+    reals = [torch.randn((12, *backend.sample_shape), generator=torch.Generator().manual_seed(c)) for c in range(2)]
+    alone = [nopt_class(backend, c + 3, reals[c], 3, cfg, torch.Generator().manual_seed(c), c)[0] for c in range(2)]
+    together = nopt_classes(backend, [3, 4], reals, 3, cfg, [torch.Generator().manual_seed(c) for c in range(2)], [0, 1])
+    for a, (b, _) in zip(alone, together):
+        assert torch.allclose(a, b, atol=2e-3)
+    plain = plain_samples(backend, [3, 4], 2, [torch.Generator().manual_seed(c) for c in range(2)])
+    for c in range(2):
+        assert torch.allclose(plain[c], plain_sample(backend, c + 3, 2, torch.Generator().manual_seed(c)), atol=1e-4)
+
+
+def test_compile_samples_through_the_compiled_module_and_fine_tunes_the_plain_one(monkeypatch):
+    """--compile: sampling calls torch.compile's module (stubbed here: compiling takes a minute on a CPU); a
+    fine-tuned copy gets its own compiled module, and training uses the plain one."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or (lambda *a, **k: m(*a, **k)))
+    b = LatentBackend(tiny_dit(), tiny_vae(), alphas_cumprod_from({}), num_steps=3, device="cpu", compile=True)
+    assert compiled == [b.transformer]
+    b.eps(torch.randn(1, *b.sample_shape), b.timesteps[0], torch.tensor([1]))
+    other = b.with_denoiser(tiny_dit())
+    assert compiled[-1] is other.transformer and other.transformer is not b.transformer

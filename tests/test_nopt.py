@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsco.errors import DscoError
-from dsco.features import RandomFeatureNet
+from dsco.features import RandomFeatureNet, StackedFeatureNets
 from dsco.mmd import mmd2
-from dsco.nopt import (NOptConfig, latin_hypercube_normal, nopt_class, norm_loss, optimise_noise, pivots,
-                       quantile_loss)
+from dsco.nopt import (ClassLoss, GraphedIterations, NOptConfig, _iterate, class_target_loss, latin_hypercube_normal,
+                       nopt_class, nopt_classes, norm_loss, optimise_classes, optimise_noise, pivots, quantile_loss)
 
 
 def test_latin_hypercube_has_one_value_per_stratum_per_dimension():
@@ -120,3 +120,94 @@ def test_steps_fraction_and_start_choose_which_steps_are_optimised(tiny_backend,
     assert records and [r.t for r in records] == [ts[i] for i in cfg.optimised_range(len(ts)) if i < len(ts) - 1]
     with pytest.raises(DscoError, match="steps_start"):
         NOptConfig(steps_start=1.0).validate()
+
+
+# ---- several classes at once (--class-batch) ------------------------------------------------
+
+def _reals(backend, classes=3, m=20):
+    return [torch.randn((m, *backend.sample_shape), generator=torch.Generator().manual_seed(100 + c)) for c in range(classes)]
+
+
+@pytest.mark.parametrize("cfg", [
+    NOptConfig(iterations=6, feature_width=16),  # the reference's loss and optimiser
+    NOptConfig(iterations=4, feature_width=16, optimizer="adam", lr=0.05, k_noises=1, target_offset=0, steps_fraction=0.5),
+    NOptConfig(iterations=4, feature_width=16, loss="mmd"),
+    NOptConfig(iterations=30, feature_width=16, early_stop=2, early_stop_tol=0.05),
+], ids=["reference", "budget", "mmd", "early-stop"])
+def test_classes_optimised_together_get_the_samples_each_gets_alone(tiny_backend, cfg):
+    """Each class's draws come from its own generator and its loss depends on its own samples, so batching classes
+    changes nothing but float rounding (the model's batch is larger): same samples, same iteration counts."""
+    reals = _reals(tiny_backend)
+    alone = [nopt_class(tiny_backend, c, reals[c], 4, cfg, torch.Generator().manual_seed(c), c + 1) for c in range(3)]
+    together = nopt_classes(tiny_backend, [0, 1, 2], reals, 4, cfg, [torch.Generator().manual_seed(c) for c in range(3)], [1, 2, 3])
+    for (za, ra), (zb, rb) in zip(alone, together):
+        assert torch.allclose(za, zb, atol=2e-3)
+        assert [r.iterations for r in ra] == [r.iterations for r in rb]
+        assert [r.t for r in ra] == [r.t for r in rb]
+    if cfg.early_stop:
+        assert any(r.iterations < cfg.iterations for _, rs in together for r in rs)  # the per-class stop was exercised
+
+
+def test_one_class_through_the_batched_path_is_bit_for_bit_the_per_class_path(tiny_backend):
+    """The stacked feature net of one class is that class's net, layer for layer: a set made before batching
+    existed is made again exactly."""
+    cfg = NOptConfig(iterations=5, feature_width=16)
+    real = _reals(tiny_backend, 1)[0]
+    z, _ = nopt_class(tiny_backend, 0, real, 3, cfg, torch.Generator().manual_seed(0), 1)
+    (zb, _), = nopt_classes(tiny_backend, [0], [real], 3, cfg, [torch.Generator().manual_seed(0)], [1])
+    assert torch.equal(z, zb)
+
+
+def test_stacked_feature_nets_compute_what_each_class_net_computes():
+    nets = [RandomFeatureNet(2, 16, seed=s) for s in (3, 4, 5)]
+    x = torch.randn(3 * 4, 2, 8, 8)
+    stacked = StackedFeatureNets(nets)(x)
+    assert stacked.shape == (3, 4, nets[0].num_features)
+    for c, net in enumerate(nets):
+        assert torch.allclose(stacked[c], net(x[c * 4 : (c + 1) * 4]), atol=1e-5)
+
+
+def test_a_class_whose_loss_turns_non_finite_is_redone_alone_and_the_others_keep_their_steps():
+    """As one class alone: the failing class is retried with half the lr; the other classes' noise is what it
+    would be without the failing class in the batch."""
+    target = torch.randn(30, 2)
+    piv = pivots(target, 3)
+
+    class Toy(ClassLoss):
+        def __init__(self, poisoned: list[bool]):
+            self.poisoned, self.classes = poisoned, len(poisoned)
+
+        def __call__(self, x, eps):
+            parts = x.view(self.classes, 3, 2)
+            return torch.stack([quantile_loss(p, piv, 1.0) * (float("nan") if bad else 1.0) for p, bad in zip(parts, self.poisoned)])
+
+        def subset(self, classes):
+            return Toy([False for _ in classes])  # the retry succeeds
+
+    cfg = NOptConfig(iterations=5, lr=0.1)
+    eps0 = torch.randn(9, 2, generator=torch.Generator().manual_seed(0))
+    eps, recs = optimise_classes(Toy([False, True, False]), torch.zeros(9, 2), torch.tensor(1.0), eps0, cfg, 7, ["a", "b", "c"])
+    clean, clean_recs = optimise_classes(Toy([False, False]), torch.zeros(6, 2), torch.tensor(1.0), torch.cat([eps0[:3], eps0[6:]]), cfg, 7, ["a", "c"])
+    assert [r.retries for r in recs] == [0, 1, 0]
+    assert torch.allclose(torch.cat([eps[:3], eps[6:]]), clean)
+    alone_half_lr, _ = optimise_classes(Toy([False]), torch.zeros(3, 2), torch.tensor(1.0), eps0[3:6], NOptConfig(iterations=5, lr=0.05), 7, ["b"])
+    assert torch.allclose(eps[3:6], alone_half_lr)
+
+
+def test_the_graphed_iteration_is_torch_sgd_with_momentum(tiny_backend):
+    """The CUDA-graph runner writes SGD out by hand (buffer from zero, then momentum x buffer + grad); run eagerly
+    (no GPU here) it takes torch.optim.SGD's steps."""
+    cfg = NOptConfig(iterations=12, feature_width=16, lr=0.1, momentum=0.9)
+    nets = [RandomFeatureNet(1, 16, seed=s) for s in (1, 2)]
+    feats = [net.batched(torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(s))) for s, net in enumerate(nets)]
+    loss = class_target_loss(nets, feats, 4, cfg)
+    mu, eps0 = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    sigma = torch.tensor(0.3)
+    runner = GraphedIterations(loss, mu, sigma, eps0, cfg.momentum, capture=False)
+    graphed, history = runner.run(loss, mu, sigma, eps0, cfg.lr, cfg.iterations)
+    eager, eager_history, _ = _iterate(loss, mu, sigma, eps0, cfg, cfg.lr)
+    assert torch.allclose(graphed, eager, atol=1e-5)
+    assert torch.allclose(history, eager_history, rtol=1e-5)
+    assert (history[-1] < history[0]).all()  # and it optimises: each class's loss falls
+    again, _ = runner.run(loss, mu, sigma, eps0, cfg.lr, cfg.iterations)  # reused for the next step: state reset
+    assert torch.equal(again, graphed)

@@ -69,7 +69,7 @@ def _run_fields(a: argparse.Namespace) -> dict:
         guidance=a.guidance, vae=a.vae, bf16=a.bf16, guidance_channels=a.guidance_channels, class_map=a.class_map,
         diffusers_embedding=a.diffusers_embedding, num_heads=a.num_heads, latent_cache=a.latent_cache, device=a.device,
         data_root=a.data_root, download=a.download, test_dataset=a.test_dataset, on_bad_image=a.on_bad_image,
-        preflight=_preflight_samples(a),
+        preflight=_preflight_samples(a), class_batch=a.class_batch, compile=a.compile,
     )
 
 
@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         g["model"].add_argument("--guidance", type=float, default=None, help="CFG scale (default: 2.0 pixel models, 4.0 DiT)")
         g["model"].add_argument("--vae", default=None, help="DiT: VAE directory or hub id (default: the model's vae/, "
                        "or stabilityai/sd-vae-ft-mse for a checkpoint file)")
-        g["model"].add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer")
+        g["model"].add_argument("--bf16", action="store_true", help="DiT: bf16 autocast for the transformer and the VAE decoder")
+        g["model"].add_argument("--compile", action="store_true", help="DiT: torch.compile the transformer (a GPU; a minute "
+                                "of compiling, then faster steps)")
         g["model"].add_argument("--guidance-channels", type=int, default=None, help="DiT: guide the first C latent channels "
                        "(default 3, as the original DiT code; 4 guides all)")
         g["model"].add_argument("--diffusers-embedding", action="store_true", help="DiT: keep diffusers' timestep embedding "
@@ -304,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         g["model"].add_argument("--latent-cache", default=None, help="DiT: cache of real-image latents (default ~/.cache/dsco/latents)")
         g["model"].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         g["run"].add_argument("--resume", action="store_true", help="continue an interrupted run")
+        g["model"].add_argument("--class-batch", type=int, default=1, help="classes sampled together in one batch (dsco, "
+                                "diffusion): on a GPU 8-16 keeps it busy; the same sets as one class at a time up to "
+                                "float rounding")
         g["model"].add_argument("--preflight", type=int, default=None, help="plain samples per class compared with the "
                                 "real classes before synthesis, with a warning when they are far (default: 20 on a "
                                 "folder dataset, 0 on named ones; recorded in the manifest)")

@@ -91,5 +91,6 @@ def datafree_class(
         m, s = stats[i][0].view(1, -1, 1, 1), stats[i][1].view(1, -1, 1, 1)
         return lambda x_prev, eps: datafree_loss((phi.maps(x_prev) - m) / s, eps, cfg)
 
-    return steered_sampling(backend, label, x_T, step_noise, make_loss, nopt, class_name, progress)
+    x, records = steered_sampling(backend, label, x_T, step_noise, make_loss, nopt, [class_name or str(label)], progress)
+    return x, records[0]
 

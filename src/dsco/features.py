@@ -60,4 +60,37 @@ class RandomFeatureNet(nn.Module):
     def batched(self, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
         """Pooled features of a large set without building one huge activation."""
         with torch.no_grad():
-            return torch.cat([self(x[i : i + batch]) for i in range(0, len(x), batch)])
+            return torch.cat([self(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+
+
+class StackedFeatureNets(nn.Module):
+    """Several classes' feature nets run as one: each convolution of the C nets becomes one grouped convolution
+    (C x its groups), so C classes' samples go through the GPU in one launch per layer instead of C.
+
+    Input (C*n, ch, H, W), class-major (class c's n samples are rows c*n .. c*n+n-1); output (C, n, 8w): per
+    class, what its own net computes. With C = 1 it is that net, layer for layer.
+    """
+
+    def __init__(self, nets: list[RandomFeatureNet]):
+        super().__init__()
+        self.classes = len(nets)
+        layers = []
+        for parts in zip(*(net.body for net in nets)):
+            first = parts[0]
+            if isinstance(first, nn.Conv2d):
+                conv = nn.Conv2d(first.in_channels * self.classes, first.out_channels * self.classes, first.kernel_size,
+                                 first.stride, first.padding, groups=first.groups * self.classes)
+                conv.weight.data = torch.cat([p.weight.data for p in parts])
+                conv.bias.data = torch.cat([p.bias.data for p in parts])
+                layers.append(conv)
+            else:
+                layers.append(first)
+        self.body = nn.Sequential(*layers).requires_grad_(False).eval()
+        self.num_features = nets[0].num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.classes
+        n = len(x) // c
+        grouped = x.view(c, n, *x.shape[1:]).transpose(0, 1).reshape(n, c * x.shape[1], *x.shape[2:])
+        f = self.body(grouped).mean(dim=(2, 3))  # (n, C*F)
+        return f.view(n, c, -1).transpose(0, 1)

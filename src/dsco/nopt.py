@@ -7,6 +7,8 @@ through the random feature net phi, never through the diffusion model.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -14,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import DscoError
-from .features import RandomFeatureNet
+from .features import RandomFeatureNet, StackedFeatureNets
 from .mmd import mmd2
 from .models.diffusion import DiffusionBackend, denoise, device_of
 
@@ -97,19 +99,27 @@ def stratified_target_noise(m: int, k: int, shape: tuple[int, ...], generator: t
     """(k, m, ...) noises for m targets: a Latin hypercube with random offsets over the k draws of each target
     (m calls of `latin_hypercube_normal(k, shape, generator, midpoints=False)`, equal to them on the CPU).
 
-    The draws come from the CPU generator in that order; the sorting and the inverse normal CDF, most of the
-    cost (26M values per step at ImageNet size: 1,300 targets x K = 5 x 4,096), run `chunk` targets at a
-    time on `device`, so on a GPU they do not hold up the sampler.
+    From a CPU generator the draws come in that order and the sorting and the inverse normal CDF, most of the
+    cost (26M values per step at ImageNet size: 1,300 targets x K = 5 x 4,096), run `chunk` targets at a time on
+    `device`; a generator on a GPU (`target_generator`) draws there, 256 targets at a time.
     """
     d, device = math.prod(shape), device or torch.device("cpu")
+    on_device = generator.device.type != "cpu"
+    chunk = 256 if on_device else chunk
     out = []
     for start in range(0, m, chunk):
-        keys, offsets = [], []
-        for _ in range(min(chunk, m - start)):
-            keys.append(torch.rand(d, k, generator=generator))
-            offsets.append(torch.rand(k, d, generator=generator, dtype=torch.float64))
-        perm = torch.argsort(torch.stack(keys).to(device), dim=2).transpose(1, 2)  # (chunk, k, d)
-        out.append(_strata_normal(perm, torch.stack(offsets).to(device), k))
+        size = min(chunk, m - start)
+        if on_device:
+            keys = torch.rand((size, d, k), generator=generator, device=generator.device)
+            offsets = torch.rand((size, k, d), generator=generator, device=generator.device, dtype=torch.float64)
+        else:
+            keys_, offsets_ = [], []
+            for _ in range(size):
+                keys_.append(torch.rand(d, k, generator=generator))
+                offsets_.append(torch.rand(k, d, generator=generator, dtype=torch.float64))
+            keys, offsets = torch.stack(keys_), torch.stack(offsets_)
+        perm = torch.argsort(keys.to(device), dim=2).transpose(1, 2)  # (chunk, k, d)
+        out.append(_strata_normal(perm, offsets.to(device), k))
     if not out:
         return torch.empty((k, 0, *shape), device=device)
     return torch.cat(out).reshape(m, k, *shape).transpose(0, 1)
@@ -126,7 +136,8 @@ def target_noising_plan(m: int, k: int, n: int, generator: torch.Generator) -> t
     while m * draws < n:
         draws += 1
     fill = (-(m * draws)) % n
-    extra = [torch.arange(m)] * (fill // m) + [torch.randperm(m, generator=generator)[: fill % m]]
+    gdev = generator.device
+    extra = [torch.arange(m, device=gdev)] * (fill // m) + [torch.randperm(m, generator=generator, device=gdev)[: fill % m]]
     return draws, torch.cat(extra)
 
 
@@ -134,10 +145,10 @@ def noised_targets(backend: DiffusionBackend, z0: torch.Tensor, t: int, n: int, 
     """The real targets z0 noised to level t as the reference does at every step (fresh noise each step)."""
     m, shape = len(z0), tuple(z0.shape[1:])
     draws, extra = target_noising_plan(m, k, n, generator)
-    dev = z0.device
+    dev, gdev = z0.device, generator.device
     noise = [stratified_target_noise(m, k, shape, generator, dev).flatten(0, 1)]
-    noise += [torch.randn((m, *shape), generator=generator).to(dev) for _ in range(draws - k)]
-    noise.append(torch.randn((len(extra), *shape), generator=generator).to(dev))
+    noise += [torch.randn((m, *shape), generator=generator, device=gdev).to(dev) for _ in range(draws - k)]
+    noise.append(torch.randn((len(extra), *shape), generator=generator, device=gdev).to(dev))
     z = torch.cat([z0.repeat(draws, *[1] * len(shape)), z0[extra.to(dev)]])
     return backend.q_sample(z, t, torch.cat(noise))
 
@@ -197,89 +208,386 @@ class StepRecord:
     retries: int = 0
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_prev, eps) -> scalar
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_prev, eps) -> scalar, one class
+
+
+class ClassLoss:
+    """One step's loss for C classes optimised together: (x_prev, eps), both (C*n, ...) class-major, -> (C,) losses.
+
+    A class's loss depends on its own rows only, so the gradient of the sum is each class's own gradient and C
+    classes optimised together take the steps each would take alone.
+    """
+
+    classes: int = 1
+
+    def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def subset(self, classes: list[int]) -> "ClassLoss":
+        """The loss of some of the classes alone (a retry of those classes)."""
+        raise NotImplementedError
+
+
+class ScalarLoss(ClassLoss):
+    """One class's loss given as a function returning a scalar (the data-free mode, tests)."""
+
+    def __init__(self, fn: LossFn):
+        self.fn = fn
+
+    def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.fn(x_prev, eps).reshape(1)
+
+    def subset(self, classes: list[int]) -> "ScalarLoss":
+        return self
+
+
+def norm_losses(eps: torch.Tensor, classes: int) -> torch.Tensor:
+    """`norm_loss` of each class's rows of a class-major batch: (C,)."""
+    d = eps[0].numel()
+    return rho(eps.flatten(1).norm(dim=1).view(classes, -1) - math.sqrt(d)).sum(1)
+
+
+class QuantileLoss(ClassLoss):
+    """The reference's loss for C classes: `quantile_loss` of each class's standardised features against its own
+    pivots, plus `norm_loss`. m, s: (C, F) the targets' statistics; piv: (C, F, n)."""
+
+    def __init__(self, nets: list[RandomFeatureNet], m: torch.Tensor, s: torch.Tensor, piv: torch.Tensor, lam: float,
+                 stack: Optional[StackedFeatureNets] = None):
+        self.nets, self.m, self.s, self.piv, self.lam = nets, m, s, piv, lam
+        self.stack = stack or StackedFeatureNets(nets)
+        self.classes = len(nets)
+
+    def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        n = len(x_prev) // self.classes
+        v = (self.stack(x_prev) - self.m[:, None]) / self.s[:, None]  # (C, n, F)
+        q = self.lam * n * rho(v.sort(dim=1).values.transpose(1, 2) - self.piv).sum(dim=(1, 2))
+        return q + norm_losses(eps, self.classes)
+
+    def subset(self, classes: list[int]) -> "QuantileLoss":
+        return QuantileLoss([self.nets[c] for c in classes], self.m[classes], self.s[classes], self.piv[classes], self.lam)
+
+
+class MMDLoss(ClassLoss):
+    """Ours (`loss = "mmd"`): weight x MMD^2 between each class's standardised features and its targets', plus
+    `norm_loss`; the targets' count may differ between classes, so the MMD runs class by class."""
+
+    def __init__(self, nets: list[RandomFeatureNet], m: torch.Tensor, s: torch.Tensor, fs: list[torch.Tensor], weight: float,
+                 stack: Optional[StackedFeatureNets] = None):
+        self.nets, self.m, self.s, self.fs, self.weight = nets, m, s, fs, weight
+        self.stack = stack or StackedFeatureNets(nets)
+        self.classes = len(nets)
+
+    def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        v = (self.stack(x_prev) - self.m[:, None]) / self.s[:, None]
+        return torch.stack([self.weight * mmd2(v[c], self.fs[c]) for c in range(self.classes)]) + norm_losses(eps, self.classes)
+
+    def subset(self, classes: list[int]) -> "MMDLoss":
+        return MMDLoss([self.nets[c] for c in classes], self.m[classes], self.s[classes], [self.fs[c] for c in classes], self.weight)
+
+
+def _rows(x: torch.Tensor, classes: int, chosen: list[int]) -> torch.Tensor:
+    """The rows of the chosen classes of a class-major batch (a broadcast scalar passes through)."""
+    if x.dim() == 0 or len(x) == 1:
+        return x
+    return x.view(classes, -1, *x.shape[1:])[chosen].flatten(0, 1)
+
+
+def _graphs_wanted() -> bool:
+    return os.environ.get("DSCO_CUDA_GRAPHS", "1") != "0"
+
+
+class GraphedIterations:
+    """The reference's J SGD iterations of one step, one iteration captured once as a CUDA graph and replayed J
+    times: the iteration is ~100 small kernels, so on a GPU it is launch-bound and the graph removes the launches.
+
+    One runner serves every step of a run with the same shapes: each step's targets, mean and noise are copied
+    into its static tensors. SGD with momentum is written out (buf = momentum x buf + grad, eps -= lr x buf, the
+    buffer starting at zero, which is torch.optim.SGD's first step). Without `capture` (a CPU, or a capture that
+    failed) the same iteration runs eagerly, so its arithmetic is testable anywhere.
+    """
+
+    def __init__(self, loss: QuantileLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, momentum: float, capture: bool):
+        dev = eps0.device
+        self.loss = QuantileLoss(loss.nets, loss.m.clone(), loss.s.clone(), loss.piv.clone(), loss.lam, loss.stack)
+        self.mu, self.sigma = mu.detach().clone(), sigma.detach().to(dev).clone()
+        self.eps = eps0.detach().clone().requires_grad_(True)
+        self.buf = torch.zeros_like(self.eps)
+        self.lr = torch.zeros((), device=dev)
+        self.out = torch.zeros(loss.classes, device=dev)
+        self.momentum = momentum
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        if capture:
+            try:
+                side = torch.cuda.Stream(dev)
+                side.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(side):
+                    for _ in range(3):  # warm-up (cuDNN's algorithm choice, the allocator) before capture
+                        self._iteration()
+                torch.cuda.current_stream(dev).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._iteration()
+                self.graph = graph
+            except RuntimeError as e:  # a PyTorch or driver without capture support: run eagerly
+                warnings.warn(f"NOpt: CUDA graph capture failed ({str(e).splitlines()[0]}); iterating without graphs")
+
+    def _iteration(self) -> None:
+        losses = self.loss(self.mu + self.sigma * self.eps, self.eps)
+        (grad,) = torch.autograd.grad(losses.sum(), self.eps)
+        with torch.no_grad():
+            self.out.copy_(losses)
+            self.buf.mul_(self.momentum).add_(grad)
+            self.eps.sub_(self.buf * self.lr)
+
+    def run(self, loss: QuantileLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, lr: float, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the optimised eps, the (J, C) losses before each iteration's update)."""
+        with torch.no_grad():
+            self.loss.m.copy_(loss.m)
+            self.loss.s.copy_(loss.s)
+            self.loss.piv.copy_(loss.piv)
+            self.mu.copy_(mu)
+            self.sigma.copy_(sigma)
+            self.eps.copy_(eps0)
+            self.buf.zero_()
+            self.lr.fill_(lr)
+        history = torch.empty((iterations, self.loss.classes), device=eps0.device)
+        for j in range(iterations):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._iteration()
+            history[j].copy_(self.out)
+        return self.eps.detach().clone(), history
+
+
+Runners = dict  # (classes, eps shape, sigma shape) -> GraphedIterations, for one run
+
+
+def _runner(runners: Optional[Runners], loss: ClassLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor,
+            cfg: NOptConfig) -> Optional[GraphedIterations]:
+    """The graphed runner for this step, when the step is the reference's (quantile loss, SGD, no early stop) on a GPU."""
+    if runners is None or not isinstance(loss, QuantileLoss) or cfg.optimizer != "sgd" or cfg.early_stop:
+        return None
+    key = (loss.classes, tuple(eps0.shape), tuple(sigma.shape))
+    if key not in runners:
+        runners[key] = GraphedIterations(loss, mu, sigma, eps0, cfg.momentum, capture=eps0.is_cuda)
+    return runners[key]
+
+
+def _iterate(loss: ClassLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, cfg: NOptConfig, lr: float
+             ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """J iterations of the configured optimiser on all C classes: (eps, (J', C) losses, iterations per class).
+
+    With early stopping a class that stops keeps the noise it had then while the others go on. On a CPU a batch
+    whose every loss is non-finite stops at once (it will be retried); on a GPU that check would stall the queue."""
+    c = loss.classes
+    eps = eps0.clone().requires_grad_(True)
+    opt = make_optimizer(eps, cfg.optimizer, lr, cfg.momentum)
+    history: list[torch.Tensor] = []
+    stop = [cfg.iterations] * c
+    frozen: dict[int, torch.Tensor] = {}
+    best, stale = [math.inf] * c, [0] * c
+    for it in range(1, cfg.iterations + 1):
+        losses = loss(mu + sigma * eps, eps)
+        history.append(losses.detach())
+        if not eps.is_cuda and not bool(torch.isfinite(losses).any()):
+            stop = [min(s, it) for s in stop]
+            break
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        if cfg.early_stop:
+            values = losses.tolist()
+            for k in range(c):
+                if k in frozen or not math.isfinite(values[k]):
+                    continue
+                if values[k] < best[k] * (1 - cfg.early_stop_tol):
+                    best[k], stale[k] = values[k], 0
+                else:
+                    stale[k] += 1
+                    if stale[k] >= cfg.early_stop:
+                        stop[k], frozen[k] = it, _rows(eps.detach(), c, [k]).clone()
+            if len(frozen) == c:
+                break
+    eps = eps.detach()
+    if frozen:
+        eps = eps.view(c, -1, *eps.shape[1:]).clone()
+        for k, value in frozen.items():
+            eps[k] = value
+        eps = eps.flatten(0, 1)
+    return eps, torch.stack(history), stop
+
+
+def optimise_classes(
+    loss: ClassLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, cfg: NOptConfig, t: int,
+    names: list[str], runners: Optional[Runners] = None, lr: Optional[float] = None, retry: int = 0,
+) -> tuple[torch.Tensor, list[StepRecord]]:
+    """J iterations on eps for x_prev = mu + sigma * eps, C classes at once (rows class-major); a class whose loss
+    or noise turns non-finite is redone alone with half the lr, up to `max_retries` times."""
+    lr = cfg.lr if lr is None else lr
+    c = loss.classes
+    runner = _runner(runners, loss, mu, sigma, eps0, cfg)
+    if runner is not None:
+        eps, history = runner.run(loss, mu, sigma, eps0, lr, cfg.iterations)
+        stop = [cfg.iterations] * c
+    else:
+        eps, history, stop = _iterate(loss, mu, sigma, eps0, cfg, lr)
+    finite_eps = torch.isfinite(eps.view(c, -1)).all(1).tolist()
+    values = history.tolist()
+    records: list[Optional[StepRecord]] = []
+    bad = []
+    for k in range(c):
+        seen = [row[k] for row in values[: stop[k]]]
+        if finite_eps[k] and seen and all(math.isfinite(v) for v in seen):
+            records.append(StepRecord(t, seen[0], seen[-1], stop[k], retry))
+        else:
+            records.append(None)
+            bad.append(k)
+    if not bad:
+        return eps, records  # type: ignore[return-value]
+    if retry >= cfg.max_retries:
+        raise DscoError(f"NOpt: non-finite loss for class {names[bad[0]]} at step t={t} after {cfg.max_retries} retries (lower --lr)")
+    redone, again = optimise_classes(loss.subset(bad), _rows(mu, c, bad), _rows(sigma, c, bad), _rows(eps0, c, bad), cfg, t,
+                                     [names[k] for k in bad], runners, lr / 2, retry + 1)
+    eps = eps.view(c, -1, *eps.shape[1:]).clone()
+    eps[bad] = redone.view(len(bad), -1, *redone.shape[1:])
+    for k, rec in zip(bad, again):
+        records[k] = rec
+    return eps.flatten(0, 1), records  # type: ignore[return-value]
 
 
 def optimise_noise(
     loss_fn: LossFn, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, cfg: NOptConfig, t: int, label: str
 ) -> tuple[torch.Tensor, StepRecord]:
-    """J SGD iterations on eps for x_prev = mu + sigma * eps; retries with half the lr on NaN/Inf."""
-    lr = cfg.lr
-    for retry in range(cfg.max_retries + 1):
-        eps = eps0.clone().requires_grad_(True)
-        opt = make_optimizer(eps, cfg.optimizer, lr, cfg.momentum)
-        first = last = float("nan")
-        best, stale, it, finite = math.inf, 0, 0, True
-        for it in range(1, cfg.iterations + 1):
-            loss = loss_fn(mu + sigma * eps, eps)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            last = loss.item()
-            first = last if it == 1 else first
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cfg.early_stop:
-                if last < best * (1 - cfg.early_stop_tol):
-                    best, stale = last, 0
-                else:
-                    stale += 1
-                    if stale >= cfg.early_stop:
-                        break
-        eps = eps.detach()
-        if finite and torch.isfinite(eps).all():
-            return eps, StepRecord(t, first, last, it, retry)
-        lr /= 2
-    raise DscoError(f"NOpt: non-finite loss for class {label} at step t={t} after {cfg.max_retries} retries (lower --lr)")
+    """J iterations on eps for one class's x_prev = mu + sigma * eps; retries with half the lr on NaN/Inf."""
+    eps, records = optimise_classes(ScalarLoss(loss_fn), mu, sigma, eps0, cfg, t, [label])
+    return eps, records[0]
 
 
-def target_loss(phi: RandomFeatureNet, zt: torch.Tensor, n: int, cfg: NOptConfig) -> LossFn:
-    """One step's loss: phi's features of n samples matched to those of the noised real targets zt
-    (both standardised by the targets' statistics), plus the noise-norm term."""
-    f = phi.batched(zt)
-    m, s = f.mean(0), feature_std(f, cfg.std_floor)
-    fs = standardise(f, m, s)
+def class_target_loss(nets: list[RandomFeatureNet], features: list[torch.Tensor], n: int, cfg: NOptConfig,
+                      stack: Optional[StackedFeatureNets] = None) -> ClassLoss:
+    """One step's loss for C classes: their samples' features (through each class's own net) matched to those of
+    its noised real targets (`features`, one (M_c, F) tensor a class), both standardised by the targets' statistics."""
+    stats = [(f.mean(0), feature_std(f, cfg.std_floor)) for f in features]
+    m, s = torch.stack([a for a, _ in stats]), torch.stack([b for _, b in stats])
+    fs = [standardise(f, a, b) for f, (a, b) in zip(features, stats)]
     if cfg.loss == "quantile":
-        piv = pivots(fs, n)
-        return lambda x_prev, eps: quantile_loss(standardise(phi(x_prev), m, s), piv, cfg.lam) + norm_loss(eps)
-    return lambda x_prev, eps: cfg.mmd_weight * mmd2(standardise(phi(x_prev), m, s), fs) + norm_loss(eps)
+        return QuantileLoss(nets, m, s, torch.stack([pivots(f, n) for f in fs]), cfg.lam, stack)
+    return MMDLoss(nets, m, s, fs, cfg.mmd_weight, stack)
 
 
-# ---- the per-class loop --------------------------------------------------------------------
+def target_loss(phi: RandomFeatureNet, zt: torch.Tensor, n: int, cfg: NOptConfig) -> ClassLoss:
+    """One class's step loss against its noised real targets zt."""
+    return class_target_loss([phi], [phi.batched(zt, feature_batch(zt.device))], n, cfg)
 
-StepLossFactory = Callable[[int, int], Optional[LossFn]]  # (step index, t) -> loss or None to skip
+
+def feature_batch(device: torch.device) -> int:
+    """Targets per feature-net call: larger on a GPU, where 512 leaves it idle."""
+    return 4096 if device.type == "cuda" else 512
+
+
+# ---- the sampling loop ---------------------------------------------------------------------
+
+StepLossFactory = Callable[[int, int], "Optional[ClassLoss | LossFn]"]  # (step index, t) -> loss or None to skip
 
 
 def steered_sampling(
     backend: DiffusionBackend,
-    label: int,
+    y: torch.Tensor | int,
     x_T: torch.Tensor,
-    step_noise: torch.Tensor,
+    step_noise: Callable[[int], torch.Tensor] | torch.Tensor,
     make_loss: StepLossFactory,
     cfg: NOptConfig,
-    class_name: str = "",
+    names: list[str],
     progress: bool = False,
-) -> tuple[torch.Tensor, list[StepRecord]]:
-    """Ancestral sampling where each step's noise is first optimised against `make_loss`.
+    graphs: Optional[bool] = None,
+) -> tuple[torch.Tensor, list[list[StepRecord]]]:
+    """Ancestral sampling where each step's noise is first optimised against `make_loss`, for the C classes of
+    `names` at once (x_T class-major); records per class.
 
-    The model runs once per step without gradient; the last step (sigma = 0) adds no noise.
+    The model runs once per step without gradient; the last step (sigma = 0) adds no noise. `graphs` (default: on
+    a GPU, unless DSCO_CUDA_GRAPHS=0) replays the reference's iterations from a CUDA graph.
     """
-    records: list[StepRecord] = []
+    records: list[list[StepRecord]] = [[] for _ in names]
     optimised = cfg.optimised_range(len(backend.timesteps))
-    bar = tqdm(range(len(backend.timesteps)), desc=f"class {class_name}", leave=False, disable=not progress)
+    use_graphs = device_of(backend).type == "cuda" and _graphs_wanted() if graphs is None else graphs
+    runners: Optional[Runners] = {} if use_graphs else None
+    label = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+    bar = tqdm(range(len(backend.timesteps)), desc=f"class {label}", leave=False, disable=not progress)
+    noise = step_noise if callable(step_noise) else (lambda i: step_noise[i])
 
     def choose(i: int, t: int, mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         active = i in optimised and float(sigma.max()) > 0 and cfg.iterations > 0
-        loss_fn = make_loss(i, t) if active else None
-        if loss_fn is None:
+        loss = make_loss(i, t) if active else None
+        if loss is None:
             return eps
-        eps, rec = optimise_noise(loss_fn, mu, sigma, eps, cfg, t, class_name)
-        records.append(rec)
-        bar.set_postfix(loss=f"{rec.loss_last:.4g}")
+        loss = loss if isinstance(loss, ClassLoss) else ScalarLoss(loss)
+        eps, recs = optimise_classes(loss, mu, sigma, eps, cfg, t, names, runners)
+        for mine, rec in zip(records, recs):
+            mine.append(rec)
+        bar.set_postfix(loss=f"{recs[0].loss_last:.4g}")
         return eps
 
-    return denoise(backend, x_T, label, lambda i: step_noise[i], choose_noise=choose, steps=bar), records
+    return denoise(backend, x_T, y, noise, choose_noise=choose, steps=bar), records
+
+
+def target_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """Where a class's target noise is drawn: on a CPU its own generator (the per-class stream, unchanged); on a GPU
+    a generator on the device seeded from it, since drawing 26M values a step on the CPU would hold up the GPU (so
+    a set made on a GPU differs from the CPU's, as its arithmetic does anyway)."""
+    if device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def nopt_classes(
+    backend: DiffusionBackend,
+    labels: list[int],
+    real_z0: list[torch.Tensor],
+    n: int,
+    cfg: NOptConfig,
+    generators: list[torch.Generator],
+    feature_seeds: list[int],
+    names: Optional[list[str]] = None,
+    progress: bool = False,
+    graphs: Optional[bool] = None,
+) -> list[tuple[torch.Tensor, list[StepRecord]]]:
+    """Synthesise n samples (model space) of each of C classes at once, each matching its real class's features.
+
+    Every random draw of a class comes from its own generator in the order `nopt_class` draws it, and each
+    class's loss depends on its own samples alone, so on a CPU the samples are one class at a time's up to float
+    rounding; on a GPU the C classes share each model call and each optimiser iteration."""
+    cfg.validate()
+    RandomFeatureNet.check_input(backend.sample_shape)
+    names = names or [str(label) for label in labels]
+    shape, dev, ts = backend.sample_shape, device_of(backend), backend.timesteps
+    x_T, step_noise, z0, noise_gens, nets = [], [], [], [], []
+    for real, g, seed, name in zip(real_z0, generators, feature_seeds, names):
+        if cfg.max_targets is not None and len(real) > cfg.max_targets:
+            real = real[torch.randperm(len(real), generator=g)[: cfg.max_targets]]
+        if len(real) == 0:
+            raise DscoError(f"class {name}: no real targets")
+        x_T.append(latin_hypercube_normal(n, shape, g) if cfg.latin_hypercube else torch.randn((n, *shape), generator=g))
+        step_noise.append(torch.randn((len(ts), n, *shape), generator=g))
+        z0.append(real.to(dev))
+        noise_gens.append(target_generator(g, dev))
+        nets.append(RandomFeatureNet(shape[0], cfg.feature_width, seed=seed).to(dev))
+    stack = StackedFeatureNets(nets)
+    batch = feature_batch(dev)
+
+    def make_loss(i: int, t: int) -> ClassLoss:
+        t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)
+        feats = []
+        for net, z, g in zip(nets, z0, noise_gens):
+            zt = z if t_target is None else noised_targets(backend, z, t_target, n, cfg.k_noises, g)
+            feats.append(net.batched(zt, batch))
+        return class_target_loss(nets, feats, n, cfg, stack)
+
+    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+    x, records = steered_sampling(backend, y, torch.cat(x_T), lambda i: torch.cat([s[i] for s in step_noise]), make_loss,
+                                  cfg, names, progress, graphs)
+    return [(x[k * n : (k + 1) * n], records[k]) for k in range(len(labels))]
 
 
 def nopt_class(
@@ -294,23 +602,4 @@ def nopt_class(
     progress: bool = False,
 ) -> tuple[torch.Tensor, list[StepRecord]]:
     """Synthesise n samples of one class (model space) whose features match the real class's."""
-    cfg.validate()
-    RandomFeatureNet.check_input(backend.sample_shape)
-    if cfg.max_targets is not None and len(real_z0) > cfg.max_targets:
-        real_z0 = real_z0[torch.randperm(len(real_z0), generator=generator)[: cfg.max_targets]]
-    if len(real_z0) == 0:
-        raise DscoError(f"class {class_name}: no real targets")
-    shape = backend.sample_shape
-    x_T = latin_hypercube_normal(n, shape, generator) if cfg.latin_hypercube else torch.randn((n, *shape), generator=generator)
-    step_noise = torch.randn((len(backend.timesteps), n, *shape), generator=generator)
-    dev = device_of(backend)
-    phi = RandomFeatureNet(shape[0], cfg.feature_width, seed=feature_seed).to(dev)
-    ts = backend.timesteps
-    z0 = real_z0.to(dev)
-
-    def make_loss(i: int, t: int) -> LossFn:
-        t_target = t if cfg.target_offset == 1 else (ts[i + 1] if i + 1 < len(ts) else None)
-        zt = z0 if t_target is None else noised_targets(backend, z0, t_target, n, cfg.k_noises, generator)
-        return target_loss(phi, zt, n, cfg)
-
-    return steered_sampling(backend, label, x_T, step_noise, make_loss, cfg, class_name, progress)
+    return nopt_classes(backend, [label], [real_z0], n, cfg, [generator], [feature_seed], [class_name or str(label)], progress)[0]

@@ -85,13 +85,15 @@ class ConcentrateConfig:
     sampling_steps: int = 50
     guidance: Optional[float] = None  # None = the model's own: 2.0 for pixel models, 4.0 for DiT
     vae: Optional[str] = None  # DiT only: VAE directory or hub id (default: the DiT directory's vae/)
-    bf16: bool = False  # DiT only: bf16 autocast for the transformer's forward passes
+    bf16: bool = False  # DiT only: bf16 autocast for the transformer and the VAE decoder
     guidance_channels: Optional[int] = None  # DiT only: guide the first C latent channels (None = DiT's 3)
     diffusers_embedding: bool = False  # DiT only: keep diffusers' timestep embedding and norm eps instead of DiT's
     num_heads: Optional[int] = None  # DiT checkpoint files only: attention heads when the width is not DiT-S/B/L/XL
     class_map: Optional[str] = None  # JSON file {class folder name: model label}
     latent_cache: Optional[str] = None  # DiT only: where real-image latents are cached (None = ~/.cache/dsco/latents)
     device: Optional[str] = None  # None = cuda (this rank's GPU) when available, else cpu
+    class_batch: int = 1  # classes synthesised together by a method that batches them (dsco, diffusion): a GPU's batch
+    compile: bool = False  # DiT only: torch.compile the transformer
     synthetic_set: Optional[str] = None  # Doping: take the synthetic part from this output set instead of synthesising
     schedule: Optional[str] = None  # NOpt preset the `nopt` field starts from; None = default_schedule(dataset)
     nopt: Optional[NOptConfig] = None  # None = the preset
@@ -120,6 +122,8 @@ class ConcentrateConfig:
             raise DscoError(f"unknown doping selector {self.doping.selector!r}: valid names are {', '.join(DOPING_SELECTORS)}")
         if not isinstance(self.ipc, int) or self.ipc <= 0:
             raise DscoError(f"IPC must be a positive integer, got {self.ipc}")
+        if not isinstance(self.class_batch, int) or self.class_batch < 1:
+            raise DscoError(f"--class-batch must be a positive integer, got {self.class_batch}")
         schedule = self.schedule or default_schedule(self.dataset)
         nopt = self.nopt if self.nopt is not None else nopt_preset(schedule)
         nopt.validate()
@@ -154,6 +158,8 @@ def determining(cfg: ConcentrateConfig) -> dict[str, Any]:
     d.pop("latent_cache")
     d.pop("download")
     d.pop("preflight")  # a check, not part of what the set is
+    d.pop("class_batch")  # how many classes share the model's calls: float rounding, not what the set is
+    d.pop("compile")  # likewise
     for key in OPTIONAL_KNOBS:  # an unset optional knob means the model's own behaviour: no change to the set
         if d[key] in (None, False):
             d.pop(key)
@@ -233,25 +239,35 @@ class _Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _synthesise_class(run: _Run, label: int, name: str) -> tuple[torch.Tensor, list[dict], dict]:
-    """One class's images in [0, 1], their manifest sources, and the class's record."""
-    cfg, n = run.cfg, run.cfg.ipc
-    if run.synthetic is not None:
-        mine = [e for e in run.synthetic["images"] if e["label"] == label and e["source"] == "synthetic"]
-        if len(mine) != n:
-            raise DscoError(f"--synthetic-set {cfg.synthetic_set} has {len(mine)} synthetic images of class {name!r}, not IPC {n}")
-        return read_images(Path(cfg.synthetic_set), mine), [{"source": "synthetic"} for _ in range(n)], {"synthetic_set": cfg.synthetic_set}
+def _class_task(run: _Run, label: int, name: str) -> ClassTask:
+    cfg = run.cfg
     seed = _class_seed(cfg.seed, label)
-    task = ClassTask(
-        cfg=cfg, label=label, name=name, n=n, generator=torch.Generator().manual_seed(seed), class_seed=seed,
+    return ClassTask(
+        cfg=cfg, label=label, name=name, n=cfg.ipc, generator=torch.Generator().manual_seed(seed), class_seed=seed,
         backend=run.backend, model_label=run.labels[label] if run.labels else None,
         real_images=lambda: run.train.class_images(label), real_indices=lambda: run.train.indices_of(label),
         real_targets=lambda: _class_targets(run, label, name), train=lambda: run.train, shared=run.shared,
         targets_of=lambda c: _class_targets(run, c, run.class_names[c]), num_classes=len(run.class_names),
         model_labels=run.labels, progress=run.progress,
     )
-    out = run.method.synthesise(task)
-    return out.images, out.sources, out.stats
+
+
+def _synthesise_classes(run: _Run, labels: list[int]) -> list[tuple[torch.Tensor, list[dict], dict]]:
+    """Some classes' images in [0, 1], their manifest sources, and each class's record."""
+    cfg, n = run.cfg, run.cfg.ipc
+    names = [run.class_names[label] for label in labels]
+    if run.synthetic is not None:
+        out = []
+        for label, name in zip(labels, names):
+            mine = [e for e in run.synthetic["images"] if e["label"] == label and e["source"] == "synthetic"]
+            if len(mine) != n:
+                raise DscoError(f"--synthetic-set {cfg.synthetic_set} has {len(mine)} synthetic images of class {name!r}, not IPC {n}")
+            out.append((read_images(Path(cfg.synthetic_set), mine), [{"source": "synthetic"} for _ in range(n)],
+                        {"synthetic_set": cfg.synthetic_set}))
+        return out
+    tasks = [_class_task(run, label, name) for label, name in zip(labels, names)]
+    made = run.method.synthesise_classes(tasks) if len(tasks) > 1 else [run.method.synthesise(tasks[0])]
+    return [(o.images, o.sources, o.stats) for o in made]
 
 
 def _class_targets(run: _Run, label: int, name: str) -> torch.Tensor:
@@ -360,7 +376,7 @@ def concentrate(
             raise DscoError(f"--synthetic-set {cfg.synthetic_set} was made from another dataset")
     method = method_named(cfg.method)
     if method.uses_model and backend is None and synthetic is None:
-        backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16,
+        backend = load_backend(cfg.model_source(), cfg.sampling_steps, cfg.guidance, vae=cfg.vae, bf16=cfg.bf16, compile=cfg.compile,
                                guidance_channels=cfg.guidance_channels, device=cfg.device, num_heads=cfg.num_heads,
                                embedding="diffusers" if cfg.diffusers_embedding else "dit")
     if backend is not None and synthetic is None:
@@ -392,14 +408,23 @@ def concentrate(
         raise DscoError(f"--synthetic-set {cfg.synthetic_set} has other classes than the dataset")
     run.synthetic = synthetic
     mine = [label for label in range(len(class_names)) if label % world == rank]  # classes are independent
-    for label in tqdm(mine, desc=f"{cfg.method} ipc {cfg.ipc}", disable=not progress):
-        name = class_names[label]
-        if run.done(name) is None:
-            t0 = time.perf_counter()
-            images, sources, stats = _synthesise_class(run, label, name)
-            stats["seconds"] = round(time.perf_counter() - t0, 3)
+    pending = [label for label in mine if run.done(class_names[label]) is None]
+    batch = cfg.class_batch if run.method.batches_classes and synthetic is None else 1
+    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{cfg.method} ipc {cfg.ipc}", disable=not progress)
+    for start in range(0, len(pending), batch):
+        group = pending[start : start + batch]
+        t0 = time.perf_counter()
+        made = _synthesise_classes(run, group)
+        seconds = round((time.perf_counter() - t0) / len(group), 3)
+        for label, (images, sources, stats) in zip(group, made):
+            name = class_names[label]
+            stats["seconds"] = seconds  # a batch's time shared equally between its classes
+            if len(group) > 1:
+                stats["class_batch"] = len(group)
             rec = {"entries": write_class_images(run.work, name, label, images, sources), "stats": stats}
             atomic_write_json(run.class_record(name), rec)
+        bar.update(len(group))
+    bar.close()
     barrier()  # every rank's classes are on disk
     if rank != 0:
         barrier()  # rank 0 merges
@@ -430,6 +455,8 @@ def _finish(run: _Run, class_names: list[str]) -> Path:
         "seed": cfg.seed,
         "config": asdict(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # where the model ran: a GPU's arithmetic (and NOpt's target noise, drawn there) gives another set than a CPU's
+        "device": str(run.backend.device) if run.backend is not None else None,
         "synthesis_seconds": round(sum(s["seconds"] for s in class_stats.values()), 3),
         # work a method read from its cache instead of redoing (D3HR's inversion, Minimax's fine-tuning), in the
         # seconds it took when it was done: synthesis_seconds + reused_seconds is the set's cost from scratch

@@ -57,8 +57,15 @@ class Method:
     def check(self, backend: DiffusionBackend) -> None:
         """Refuse a backend the method cannot run on, before any data is read (default: any)."""
 
+    batches_classes: ClassVar[bool] = False  # `synthesise_classes` shares the model's calls between classes
+
     def synthesise(self, task: ClassTask) -> ClassOutput:
         raise NotImplementedError
+
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        """Several classes (`--class-batch`): one at a time unless the method batches them; either way each class's
+        images are those it gets alone (up to float rounding), every draw coming from its own generator."""
+        return [self.synthesise(task) for task in tasks]
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from ..datafree import datafree_class
 from ..features import RandomFeatureNet
 from ..models.diffusion import DiffusionBackend, device_of
-from ..nopt import nopt_class
+from ..nopt import nopt_classes
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 
@@ -23,11 +23,17 @@ class DsCo(_NOpt):
 
     name = "dsco"
     config_fields = ("nopt",)
+    batches_classes = True
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
-        z, records = nopt_class(task.backend, task.model_label, task.real_targets(), task.n, task.cfg.nopt,
-                                task.generator, task.class_seed + 1, task.name, task.progress)
-        return synthetic_output(task.backend, z, {"steps": [asdict(r) for r in records]})
+        return self.synthesise_classes([task])[0]
+
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        first = tasks[0]
+        made = nopt_classes(first.backend, [t.model_label for t in tasks], [t.real_targets() for t in tasks], first.n,
+                            first.cfg.nopt, [t.generator for t in tasks], [t.class_seed + 1 for t in tasks],
+                            [t.name for t in tasks], first.progress)
+        return [synthetic_output(first.backend, z, {"steps": [asdict(r) for r in records]}) for z, records in made]
 
 
 @register

@@ -2,7 +2,7 @@
 measured against."""
 from __future__ import annotations
 
-from ..models.diffusion import plain_sample
+from ..models.diffusion import plain_samples
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 
@@ -11,7 +11,12 @@ class Diffusion(Method):
     """Plain class-conditional sampling of the diffusion model."""
 
     name = "diffusion"
-    uses_model, reads_real = True, False
+    uses_model, reads_real, batches_classes = True, False, True
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
-        return synthetic_output(task.backend, plain_sample(task.backend, task.model_label, task.n, task.generator))
+        return self.synthesise_classes([task])[0]
+
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        backend = tasks[0].backend
+        zs = plain_samples(backend, [t.model_label for t in tasks], tasks[0].n, [t.generator for t in tasks])
+        return [synthetic_output(backend, z) for z in zs]

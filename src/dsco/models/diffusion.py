@@ -250,5 +250,13 @@ def draw_noise(n: int, shape: tuple[int, ...], num_steps: int, generator: torch.
 
 def plain_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """Plain class-conditional ancestral sampling (the `diffusion` baseline), in model space."""
-    x_T, eps = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
-    return ancestral_sample(backend, torch.full((n,), label, dtype=torch.long), x_T, eps)
+    return plain_samples(backend, [label], n, [generator])[0]
+
+
+def plain_samples(backend: DiffusionBackend, labels: list[int], n: int, generators: list[torch.Generator]) -> list[torch.Tensor]:
+    """`plain_sample` of several classes in one batch (each class's noise from its own generator, as alone): on a
+    GPU the model's batch is then large enough to keep it busy."""
+    draws = [draw_noise(n, backend.sample_shape, len(backend.timesteps), g) for g in generators]
+    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+    x = ancestral_sample(backend, y, torch.cat([x for x, _ in draws]), torch.cat([e for _, e in draws], dim=1))
+    return list(x.split(n))

@@ -34,6 +34,7 @@ def load_backend(
     device: Optional[str] = None,
     num_heads: Optional[int] = None,
     embedding: str = "dit",
+    compile: bool = False,
 ) -> DiffusionBackend:
     """A pixel model directory -> PixelBackend; a DiT directory, checkpoint file or hub id -> LatentBackend."""
     from .latent import LatentBackend, is_dit_source
@@ -44,7 +45,8 @@ def load_backend(
         return PixelBackend.load(source, num_steps, g)
     if is_dit_source(source):
         return LatentBackend.load(source, num_steps, g, vae=vae, num_heads=num_heads, bf16=bf16,
-                                  guidance_channels=guidance_channels, device=device, embedding=embedding)
+                                  guidance_channels=guidance_channels, device=device, embedding=embedding,
+                                  compile=compile)
     if not Path(source).exists():
         raise DscoError(f"model path {source} does not exist")
     raise DscoError(
