@@ -18,7 +18,7 @@ STRINGS = {
     "minimax_trainable": "all", "d3hr_inversion_eps": "source", "doping_protocol": "imagenet-subset",
     "protocol": "cpu-resnet18", "arch": "convnet6", "ipc": "2", "methods": "random", "budgets": "0.3",
     "curve_labels": "hard", "cross_protocol": "cpu-resnet18", "cross_methods": "random", "bn_protocol": "none",
-    "on_bad_image": "skip", "device": "cpu",
+    "on_bad_image": "skip", "device": "cpu", "anchor": "real",
 }
 # options that steer a run (whether to continue it, where to report) rather than what it computes
 RUN_FLAGS = {"resume", "help", "version"}
@@ -39,8 +39,8 @@ NOT_IN_PROTOCOL = {"evaluate": {"runs", "labels", "teacher", "class_map", "first
 
 
 def other_value(action: argparse.Action) -> list[str]:
-    if isinstance(action, argparse._StoreTrueAction):
-        return []
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+        return []  # a BooleanOptionalAction is called by its last name, --no-...
     if action.dest in STRINGS:  # the mnist5k preset's own value would not show a change
         return [STRINGS[action.dest]]
     if action.choices:
@@ -49,12 +49,12 @@ def other_value(action: argparse.Action) -> list[str]:
         value = (action.default[0] if isinstance(action.default, list) and action.default else action.default or 2) + 1
         return [str(value)]
     if action.type is float:
-        return [str((action.default or 0.0) + 0.25)]
+        return [str((action.default or 0.0) + 0.25)] * (action.nargs if isinstance(action.nargs, int) else 1)
     return ["changed"]
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
-    parser = cli.build_parser()
+    parser = cli.build_parser(method_options=True)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return sub.choices[name]
 
@@ -108,3 +108,32 @@ def test_the_package_exports_the_api_by_name():
     import dsco
 
     assert callable(dsco.concentrate) and dsco.ConcentrateConfig().method == "dsco" and dsco.__version__
+
+
+def test_every_methods_own_knobs_are_a_concentrate_config_field_and_options_at_its_defaults():
+    """A method declares its knobs once (its options dataclass): the config field named after it holds them, and
+    the command line, which generates --<method>-<field> from them, leaves every one at the dataclass's default."""
+    import dataclasses
+
+    from dsco.methods import REGISTRY
+    from dsco.orchestrate import ConcentrateConfig
+
+    fields = {f.name: f for f in dataclasses.fields(ConcentrateConfig)}
+    owners = [name for name, m in REGISTRY.items() if m.options is not None]
+    assert set(owners) >= {"d4m", "d3hr", "mgd3", "igd", "minimax", "dm"}
+    cfg = cli._concentrate_config(subparser("concentrate").parse_args(["--out", "o"]))
+    for name in owners:
+        assert isinstance(fields[name].default_factory(), REGISTRY[name].options) and name in REGISTRY[name].config_fields
+        assert getattr(cfg, name) == REGISTRY[name].options()
+    helptext = subparser("concentrate").format_help()
+    assert "--mgd3-stop-fraction" in helptext and "--igd-window" in helptext and "(default: 0.1)" in helptext
+    a = subparser("concentrate").parse_args(["--out", "o", "--mgd3-stop", "0.3", "--igd-window", "0.5", "0.8",
+                                             "--no-d3hr-guide-all-channels"])
+    cfg = cli._concentrate_config(a)
+    assert cfg.mgd3.stop_fraction == 0.3 and cfg.igd.window == (0.5, 0.8) and cfg.d3hr.guide_all_channels is False
+
+
+def test_a_bad_choice_for_a_methods_knob_is_one_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        subparser("concentrate").parse_args(["--out", "o", "--d4m-sampler", "euler"])
+    assert "invalid choice: 'euler'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Optional
 
 from .errors import DscoError
 
@@ -94,12 +95,14 @@ def _concentrate_config(a: argparse.Namespace):
     from .datafree import DataFreeConfig
     from .doping import DopingConfig
     from .evaluate import protocol_named
-    from .methods import D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig
+    from .methods import REGISTRY
+    from .options import dataclass_from_options
 
     schedule = a.schedule or default_schedule(a.dataset)
     nopt = nopt_preset(schedule)
     overrides = {k: getattr(a, k) for k in ("loss", "optimizer", "iterations", "lr", "momentum", "k_noises", "target_offset",
-                                             "feature_width", "max_targets", "early_stop", "steps_fraction", "steps_start", "std_floor")
+                                             "feature_width", "max_targets", "early_stop", "steps_fraction", "steps_start", "std_floor",
+                                             "anchor", "anchor_t")
                  if getattr(a, k, None) is not None}
     doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
                           selector=a.selector, teacher=a.teacher)
@@ -107,11 +110,7 @@ def _concentrate_config(a: argparse.Namespace):
         method="dsco-datafree" if a.data_free else a.method, schedule=schedule, nopt=replace(nopt, **overrides),
         synthetic_set=a.synthetic_set, doping_protocol=protocol_named(a.doping_protocol or default_doping_protocol(a.dataset)),
         datafree=DataFreeConfig(templates=a.templates), doping=doping, feature_space=a.feature_space,
-        d4m=D4MConfig(strength=a.d4m_strength, sampler=a.d4m_sampler, kmeans=a.d4m_kmeans),
-        igd=IGDConfig(scale=a.igd_scale, deviation=a.igd_deviation),
-        minimax=MinimaxConfig(epochs=a.minimax_epochs, trainable=a.minimax_trainable, ema=a.minimax_ema),
-        mgd3=MGD3Config(scale=a.mgd3_scale, stop_fraction=a.mgd3_stop),
-        d3hr=D3HRConfig(reference_t=a.d3hr_reference_t, candidates=a.d3hr_candidates, inversion_eps=a.d3hr_inversion_eps),
+        **{name: dataclass_from_options(a, m.options, name) for name, m in REGISTRY.items() if m.options},
         **_run_fields(a),
     )
 
@@ -247,7 +246,23 @@ def _check(a: argparse.Namespace) -> None:
         atomic_write_json(a.json, report)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Each registered method's own knobs, one group a method, generated from its options dataclass."""
+    from .methods import REGISTRY
+    from .options import add_dataclass_options
+
+    for name, method in REGISTRY.items():
+        if method.options is not None:
+            add_dataclass_options(parser.add_argument_group(method.title or name), method.options, name)
+
+
+def _subcommand(argv: list[str]) -> Optional[str]:
+    return next((x for x in argv if not x.startswith("-")), None)
+
+
+def build_parser(method_options: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; `method_options` adds every method's generated knobs to `concentrate` (it imports
+    the methods, and with them PyTorch, so `dsco --help` leaves it out)."""
     from . import __version__
 
     p = argparse.ArgumentParser(prog="dsco", description="Dataset concentration with diffusion models (DsCo).")
@@ -281,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "concentrate":
             g.update({key: c.add_argument_group(title) for key, title in (
                 ("method", "method"), ("nopt", "NOpt (dsco, dsco-datafree): a preset and its knobs"),
-                ("doping", "Doping: real images added to the synthetic set"), ("d4m", "D4M"), ("d3hr", "D3HR"),
-                ("mgd3", "MGD3"), ("igd", "IGD"), ("minimax", "MinimaxDiffusion"))})
+                ("doping", "Doping: real images added to the synthetic set"))})
+            if method_options:
+                _add_method_options(c)
         _data_args(g["data"])
         g["run"].add_argument("--out", required=True)
         g["run"].add_argument("--ipc", type=int, default=10, help="images per class")
@@ -315,29 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
         if name == "sample":
             continue  # plain sampling has no method, NOpt or doping options to accept and ignore
-        g["nopt"].add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or budget "
+        g["nopt"].add_argument("--schedule", default=None, help="NOpt preset: reference (the authors'; the default) or short "
                        "(ours: 10 Adam iterations on the noisiest half of the steps, 50 targets, about 1.8x plain "
                        "sampling; the default on mnist5k); every knob below overrides it")
         g["method"].add_argument("--templates", type=int, default=None, help="data-free template samples per class (reference 200, other presets 20)")
         g["method"].add_argument("--method", default="dsco", help="dsco, dsco-datafree, random, herding, kcenter, dm, diffusion, "
                        "and the diffusion-based peers d4m, d3hr, mgd3, igd, minimax")
-        g["d4m"].add_argument("--d4m-strength", type=float, default=0.7, help="D4M: img2img strength on the original's sampler "
-                       "(SD v1.5, 50 PNDM steps), carried to this model as the same noise level")
-        g["d4m"].add_argument("--d4m-sampler", default="ddim", help="D4M: ddim (deterministic, as the original's PNDM) or ancestral")
-        g["d4m"].add_argument("--d4m-kmeans", default="minibatch", help="D4M: minibatch (the original's online MiniBatchKMeans) or lloyd")
-        g["mgd3"].add_argument("--mgd3-scale", type=float, default=0.1, help="MGD3: lambda; a guided step's mean moves by lambda x sigma_t x (mode - x0)")
-        g["mgd3"].add_argument("--mgd3-stop", type=float, default=0.5, help="MGD3: T_SG / steps; guided while the countdown step index exceeds T_SG")
-        g["igd"].add_argument("--igd-scale", type=float, default=5.0, help="IGD: influence scale k (step k x 0.0015 x RMS(eps) x sqrt(1 - abar))")
-        g["igd"].add_argument("--igd-deviation", type=float, default=120.0, help="IGD: deviation scale (away from the nearest earlier sample)")
-        g["minimax"].add_argument("--minimax-epochs", type=int, default=8, help="Minimax: fine-tuning epochs at batch 8 (cached per model, data, settings)")
-        g["minimax"].add_argument("--minimax-trainable", default="difffit", help="Minimax: difffit (the original's parameter set) or all")
-        g["minimax"].add_argument("--minimax-ema", type=float, default=0.9999, help="Minimax: EMA decay of the weights sampled from (0 = raw)")
-        g["d3hr"].add_argument("--d3hr-reference-t", type=int, default=600, help="D3HR: the statistics' timestep on DiT's schedule, "
-                       "carried to this model as the same noise level")
-        g["d3hr"].add_argument("--d3hr-candidates", type=int, default=100_000_000, help="D3HR: candidate noise groups scored per class "
-                       "(the original's 10^8; fewer is cheaper)")
-        g["d3hr"].add_argument("--d3hr-inversion-eps", default="target", help="D3HR: eps at the level the inversion moves to "
-                       "(target, the original's) or leaves (source)")
         g["method"].add_argument("--data-free", action="store_true", help="DFDsCo: no real image is read")
         g["method"].add_argument("--feature-space", default="random-conv", help="herding/kcenter features: pixels, random-conv")
         g["nopt"].add_argument("--loss", default=None, help="NOpt loss: quantile (reference) or mmd")
@@ -352,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         g["nopt"].add_argument("--early-stop", type=int, default=None, help="patience in iterations (0 = off)")
         g["nopt"].add_argument("--std-floor", type=float, default=None, help="floor the targets' per-feature std at this "
                        "times its median (ours; 0 = off, the reference)")
+        g["nopt"].add_argument("--anchor", default=None, choices=["noise", "real"], help="start from pure noise (the "
+                       "paper's; the default) or from the class's real images noised to --anchor-t (ours: for data the "
+                       "generator never saw)")
+        g["nopt"].add_argument("--anchor-t", type=int, default=None, help="--anchor real: the start level as a timestep "
+                       "of DiT's schedule, carried to the model's as the same noise level (default 600, D3HR's)")
         g["nopt"].add_argument("--steps-fraction", type=float, default=None, help="optimise only this fraction of the steps")
         g["nopt"].add_argument("--steps-start", type=float, default=None, help="... starting this fraction of the steps in "
                        "(default 0: from the noisiest step)")
@@ -452,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="dsco: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(method_options=_subcommand(argv) == "concentrate").parse_args(argv)
     try:
         args.func(args)
     except DscoError as e:

@@ -53,6 +53,10 @@ class Method:
     uses_model: ClassVar[bool] = False  # needs the diffusion backend
     reads_real: ClassVar[bool] = True  # reads the class's real images
     config_fields: ClassVar[tuple[str, ...]] = ()  # the ConcentrateConfig fields holding its knobs
+    # its own knobs, a dataclass: the ConcentrateConfig field named after the method holds one, and the command line
+    # offers each field as --<name>-<field> (dsco.options), titled `title` in `concentrate --help`
+    options: ClassVar[Optional[type]] = None
+    title: ClassVar[str] = ""
 
     def check(self, backend: DiffusionBackend) -> None:
         """Refuse a backend the method cannot run on, before any data is read (default: any)."""

@@ -13,7 +13,7 @@ has no std or skewness); dsco's extension (labelled ours) scores such a group by
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -28,13 +28,19 @@ INVERSION_EPS = ("target", "source")
 
 @dataclass
 class D3HRConfig:
-    reference_t: int = 600  # the original's statistics timestep on DiT's schedule; carried as a noise level
-    candidates: int = 100_000_000  # candidate groups (the original: m // 10 = 10,000 batches of 10,000)
-    candidate_batch: int = 1000  # groups scored at once (memory: batch x IPC x sample size floats)
-    skew_weight: float = 0.1
-    inversion_eps: str = "target"  # eps at the level the inversion moves to (the original's), or "source"
-    guide_all_channels: bool = True  # DiT: guidance on every latent channel (the original's), not DiT's first 3
-    cache: Optional[str] = None  # inverted class statistics; None = ~/.cache/dsco/d3hr
+    reference_t: int = field(default=600, metadata={
+        "help": "the statistics' timestep on DiT's schedule (the original's), carried to this model as the same noise level"})
+    candidates: int = field(default=100_000_000, metadata={
+        "help": "candidate noise groups scored per class (the original: m // 10 = 10,000 batches of 10,000)"})
+    candidate_batch: int = field(default=1000, metadata={
+        "help": "groups scored at once (memory: batch x IPC x sample size floats)"})
+    skew_weight: float = field(default=0.1, metadata={"help": "weight of the skewness term in a group's score"})
+    inversion_eps: str = field(default="target", metadata={
+        "help": "the inversion's eps at the level it moves to (target, the original's) or leaves (source)", "choices": ("target", "source")})
+    guide_all_channels: bool = field(default=True, metadata={
+        "help": "DiT: guidance on every latent channel (the original's), not DiT's first 3"})
+    cache: Optional[str] = field(default=None, metadata={
+        "help": "inverted class statistics (default ~/.cache/dsco/d3hr)"})
 
 
 def start_index(backend: DiffusionBackend, reference_t: int) -> int:
@@ -128,6 +134,7 @@ class D3HR(Method):
     name = "d3hr"
     uses_model = True
     config_fields = ("d3hr",)
+    options, title = D3HRConfig, "D3HR: the class's inverted statistics, the best-matching noise group"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         cfg = task.cfg.d3hr

@@ -9,7 +9,7 @@ another level on every schedule). Ours: DDIM stands in for PNDM (both determinis
 and the backend's classifier-free guidance replaces SD's text guidance 8 and negative prompt."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,10 +24,13 @@ KMEANS = ("minibatch", "lloyd")
 
 @dataclass
 class D4MConfig:
-    strength: float = 0.7  # D4M's img2img strength, on its original's sampler (SD v1.5, 50 PNDM steps)
-    sampler: str = "ddim"  # deterministic, as the original's PNDM; "ancestral" (DDPM) as an option
-    kmeans: str = "minibatch"  # the original's online MiniBatchKMeans (chunks of IPC); "lloyd": full-batch k-means++
-    kmeans_iters: int = 100  # lloyd only
+    strength: float = field(default=0.7, metadata={
+        "help": "img2img strength on the original's sampler (SD v1.5, 50 PNDM steps), carried to this model as the same noise level"})
+    sampler: str = field(default="ddim", metadata={
+        "help": "ddim (deterministic, as the original's PNDM) or ancestral", "choices": ("ddim", "ancestral")})
+    kmeans: str = field(default="minibatch", metadata={
+        "help": "minibatch (the original's online MiniBatchKMeans, chunks of IPC) or lloyd (full-batch k-means++)", "choices": ("minibatch", "lloyd")})
+    kmeans_iters: int = field(default=100, metadata={"help": "Lloyd iterations (lloyd only)"})
 
 
 def original_start(strength: float, steps: int = 50) -> int:
@@ -86,6 +89,7 @@ class D4M(Method):
     name = "d4m"
     uses_model = True
     config_fields = ("d4m",)
+    options, title = D4MConfig, "D4M: prototypes of the real class noised and denoised"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         backend, cfg, g, n = task.backend, task.cfg.d4m, task.generator, task.n

@@ -1,7 +1,7 @@
 """DM: distribution matching by optimising pixels against random ConvNets (Zhao & Bilen, WACV 2023)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,11 +13,11 @@ from .base import ClassOutput, ClassTask, Method, register
 class DMConfig:
     """The reference runs 20k iterations with lr 1 and DSA; shortened for CPU, no DSA."""
 
-    iterations: int = 200
-    lr: float = 1.0
-    momentum: float = 0.5
-    real_batch: int = 128
-    width: int = 64
+    iterations: int = field(default=200, metadata={"help": "optimisation steps, each against a fresh random ConvNet"})
+    lr: float = field(default=1.0, metadata={"help": "SGD learning rate on the pixels"})
+    momentum: float = field(default=0.5, metadata={"help": "SGD momentum"})
+    real_batch: int = field(default=128, metadata={"help": "real images per step"})
+    width: int = field(default=64, metadata={"help": "the random ConvNet's width"})
 
 
 def distribution_matching(real: torch.Tensor, n: int, cfg: DMConfig, generator: torch.Generator) -> torch.Tensor:
@@ -50,6 +50,7 @@ class DM(Method):
 
     name = "dm"
     config_fields = ("dm",)
+    options, title = DMConfig, "DM: pixels matched to random embeddings"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         images = distribution_matching(task.real_images(), task.n, task.cfg.dm, task.generator)

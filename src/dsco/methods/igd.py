@@ -17,7 +17,7 @@ CPU protocol's ConvNet-3 (width 32) on smaller ones; its images are the backend'
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -33,16 +33,25 @@ from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 @dataclass
 class IGDConfig:
-    scale: float = 5.0  # k: the influence step is k x 0.0015 x RMS(eps) x sqrt(1 - alpha_bar_t) x g / RMS(g)
-    deviation: float = 120.0  # weight of the gradient of the cosine to the nearest earlier sample (a step away from it)
-    window: tuple[float, float] = (0.6, 0.9)  # guided while the countdown step index (steps - 1 .. 0) lies in this share of steps: 30-45 of 50
-    memory: int = 64  # the class's earlier samples the deviation looks at (first in, first out)
-    grad_images: int = 200  # the class's first real images its target gradient averages over
-    checkpoint_epochs: tuple[int, ...] = (0, 5, 16, 40)  # surrogate checkpoints (0 = untrained) of one training
-    surrogate_arch: Optional[str] = None  # None: ConvNet-6 width 128 from 64 px up (the original's), else ConvNet-3 width 32
-    surrogate_width: Optional[int] = None
-    surrogate_lr: float = 0.01  # SGD, momentum 0.9, weight decay 5e-4, batch 64, constant lr (the original's)
-    surrogate_batch: int = 64
+    scale: float = field(default=5.0, metadata={
+        "help": "k: the influence step is k x 0.0015 x RMS(eps) x sqrt(1 - alpha_bar_t) x g / RMS(g)"})
+    deviation: float = field(default=120.0, metadata={
+        "help": "weight of the step away from the nearest earlier sample (the gradient of their cosine)"})
+    window: tuple[float, float] = field(default=(0.6, 0.9), metadata={
+        "help": "guided while the countdown step index lies in this share of the steps (30-45 of 50)"})
+    memory: int = field(default=64, metadata={
+        "help": "the class's earlier samples the deviation looks at (first in, first out)"})
+    grad_images: int = field(default=200, metadata={
+        "help": "the class's first real images its target gradient averages over"})
+    checkpoint_epochs: tuple[int, ...] = field(default=(0, 5, 16, 40), metadata={
+        "help": "surrogate checkpoints (0 = untrained) along one training"})
+    surrogate_arch: Optional[str] = field(default=None, metadata={
+        "help": "the surrogate (default: ConvNet-6 width 128 from 64 px up, the original's; else ConvNet-3 width 32)"})
+    surrogate_width: Optional[int] = field(default=None, metadata={
+        "help": "the surrogate's width (default: the architecture's)"})
+    surrogate_lr: float = field(default=0.01, metadata={
+        "help": "the surrogate's SGD lr (momentum 0.9, weight decay 5e-4, constant, as the original)"})
+    surrogate_batch: int = field(default=64, metadata={"help": "the surrogate's batch size"})
 
 
 def guided_range(steps: int, window: tuple[float, float]) -> range:
@@ -163,6 +172,7 @@ class IGD(Method):
     name = "igd"
     uses_model = True
     config_fields = ("igd",)
+    options, title = IGDConfig, "IGD: influence guidance from a surrogate's gradients"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         cfg = task.cfg.igd

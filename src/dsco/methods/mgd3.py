@@ -9,7 +9,7 @@ The authors' code is not public; the definition here is the one of ManifoldGD's 
 dsco's seeded k-means++ and Lloyd (`dsco.kmeans`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,9 +20,11 @@ from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 @dataclass
 class MGD3Config:
-    scale: float = 0.1  # lambda: the mean moves by lambda x sigma_t x (mode - x0_hat) on a guided step (the original's)
-    stop_fraction: float = 0.5  # T_SG / steps: guided while the step index counted down from steps - 1 is above T_SG
-    kmeans_iters: int = 100
+    scale: float = field(default=0.1, metadata={
+        "help": "lambda: a guided step's mean moves by lambda x sigma_t x (mode - x0_hat) (the original's)"})
+    stop_fraction: float = field(default=0.5, metadata={
+        "help": "T_SG / steps: guided while the step index counted down from steps - 1 is above T_SG", "aliases": ("stop",)})
+    kmeans_iters: int = field(default=100, metadata={"help": "k-means iterations finding the modes"})
 
 
 def guided_steps(steps: int, stop_fraction: float) -> range:
@@ -60,6 +62,7 @@ class MGD3(Method):
     name = "mgd3"
     uses_model = True
     config_fields = ("mgd3",)
+    options, title = MGD3Config, "MGD3: sampling pulled towards the class's modes"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         z0 = task.real_targets()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -32,16 +32,20 @@ TRAINABLE = ("difffit", "all")
 
 @dataclass
 class MinimaxConfig:
-    epochs: int = 8  # passes over the real train split (the original: 8 epochs of ImageWoof)
-    batch_size: int = 8
-    lr: float = 1e-3
-    ema: float = 0.9999  # sampling uses the EMA of the fine-tuned weights (0 = the raw weights)
-    label_dropout: float = 0.1  # share of labels replaced by the null class (classifier-free guidance training)
-    trainable: str = "difffit"  # DiffFit's parameters (the original's), or "all"
-    representativeness: float = 0.002  # lambda_r
-    diversity: float = 0.008  # lambda_d
-    memory: int = 64  # embeddings kept per class for each of the two terms
-    cache: Optional[str] = None  # None = ~/.cache/dsco/minimax
+    epochs: int = field(default=8, metadata={
+        "help": "fine-tuning passes over the real train split at batch 8 (the original: 8 epochs of ImageWoof; cached per model, data and settings)"})
+    batch_size: int = field(default=8, metadata={"help": "fine-tuning batch size"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    ema: float = field(default=0.9999, metadata={"help": "EMA decay of the weights sampled from (0 = the raw weights)"})
+    label_dropout: float = field(default=0.1, metadata={
+        "help": "share of labels replaced by the null class (classifier-free guidance training)"})
+    trainable: str = field(default="difffit", metadata={
+        "help": "difffit (the original's parameter set) or all", "choices": ("difffit", "all")})
+    representativeness: float = field(default=0.002, metadata={
+        "help": "lambda_r, the representativeness term's weight"})
+    diversity: float = field(default=0.008, metadata={"help": "lambda_d, the diversity term's weight"})
+    memory: int = field(default=64, metadata={"help": "embeddings kept per class for each of the two terms"})
+    cache: Optional[str] = field(default=None, metadata={"help": "fine-tuned weights (default ~/.cache/dsco/minimax)"})
 
 
 class Scaled(torch.nn.Module):
@@ -236,6 +240,7 @@ class Minimax(Method):
     name = "minimax"
     uses_model = True
     config_fields = ("minimax",)
+    options, title = MinimaxConfig, "MinimaxDiffusion: the model fine-tuned with minimax terms"
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
         if "tuned" not in task.shared:  # one fine-tuning per run, on every class
