@@ -7,7 +7,7 @@ synthesises `--classes` classes at an IPC, `--class-batch` of them at a time (NO
 batched path, `dsco concentrate --class-batch`), with guidance 4.0 and 50 steps, VAE decode included, after an
 untimed warm-up group, and reports images per second and peak allocated GPU memory. `plain` is the ancestral
 sampler NOpt steers (the `diffusion` method); `ddim` diffusers' DDIM. NOpt runs on random "real" latents
-(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) or the budget preset
+(`--targets` per class), with the reference schedule (J = 200, 2048 features, K = 5) or the short preset
 (the mnist5k default); a `+nograph` suffix iterates without CUDA graphs. Each NOpt cell's `ratio_to_plain` divides by the plain cell of the same dtype, IPC
 and class batch; each plain cell's `share_of_peak` is its model FLOPs per second (counted by PyTorch's
 FlopCounterMode on this model: 2 FLOPs a multiply-add) over the device's dense bf16 peak.
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", default="10,50")
     p.add_argument("--dtypes", default="bf16,fp32")
-    p.add_argument("--methods", default="plain,nopt-budget,nopt-reference")
+    p.add_argument("--methods", default="plain,nopt-short,nopt-reference")
     p.add_argument("--classes", type=int, default=1, help="classes per cell (at least the class batch)")
     p.add_argument("--class-batch", default="1", help="classes sampled together, a list (IPC 10 and 50 may differ: "
                    "'10:10,50:4' = 10 at IPC 10, 4 at IPC 50)")

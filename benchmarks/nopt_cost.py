@@ -10,8 +10,8 @@ a seed no run optimises against): the reference's quantile loss and MMD^2.
 
     python benchmarks/nopt_cost.py --ipc 1,10,50 --out benchmarks/results/nopt_cost.json
 
-Variants: diffusion (plain sampling), and the NOpt presets budget and reference, each optionally with
-knob overrides: `budget+max_targets=100+steps_fraction=1` (the results files made before the presets
+Variants: diffusion (plain sampling), and the NOpt presets short (called budget before) and reference, each optionally with
+knob overrides: `short+max_targets=100+steps_fraction=1` (the results files made before the presets
 fast/quick/lean were retired name them; ablation.md gives their knobs).
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def one(variant: str, ipc: int, classes: int, reference_steps: int, model: str |
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ipc", default="1,10,50")
-    p.add_argument("--variants", default="diffusion,budget,reference")
+    p.add_argument("--variants", default="diffusion,short,reference")
     p.add_argument("--classes", type=int, default=2)
     p.add_argument("--reference-steps", type=int, default=2)
     p.add_argument("--model", default=None)

@@ -96,7 +96,7 @@ def preset_costs(backend: LatentBackend, preset: str, ipc: int, targets: int, re
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--presets", default="budget,reference")
+    p.add_argument("--presets", default="short,reference")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--classes", default="1", help="classes per iteration, a list (NOpt's --class-batch)")
     p.add_argument("--bf16", action="store_true", help="the model step under bf16 autocast")

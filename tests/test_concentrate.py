@@ -240,18 +240,28 @@ def test_doping_an_existing_synthetic_set_equals_doping_from_scratch(tmp_path, t
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
-def test_every_nopt_preset_is_valid_and_budget_is_the_reference_with_cheaper_knobs(name):
+def test_every_nopt_preset_is_valid_and_short_is_the_reference_with_cheaper_knobs(name):
     from dataclasses import replace
 
     from dsco.orchestrate import nopt_preset
 
     nopt_preset(name).validate()
-    assert SCHEDULES == ("reference", "budget")  # presets kept for history are retired; the knobs reach any setting
-    if name == "budget":
-        assert nopt_preset("budget") == replace(nopt_preset("reference"), iterations=10, feature_width=64, k_noises=1,
-                                                max_targets=50, target_offset=0, optimizer="adam", lr=0.05,
-                                                steps_fraction=0.5)
-        assert nopt_preset("budget").optimised_range(50) == range(0, 25)
+    assert SCHEDULES == ("reference", "short")  # presets kept for history are retired; the knobs reach any setting
+    if name == "short":
+        assert nopt_preset("short") == replace(nopt_preset("reference"), iterations=10, feature_width=64, k_noises=1,
+                                               max_targets=50, target_offset=0, optimizer="adam", lr=0.05,
+                                               steps_fraction=0.5)
+        assert nopt_preset("short").optimised_range(50) == range(0, 25)
+
+
+def test_the_preset_once_called_budget_is_read_as_short():
+    """"budget" now means only a Doping size; runs and bench cells recorded under the preset's old name resume and
+    match as the renamed preset."""
+    from dsco.orchestrate import nopt_preset, with_later_defaults
+
+    assert nopt_preset("budget") == nopt_preset("short")
+    assert ConcentrateConfig(schedule="budget").resolved().schedule == "short"
+    assert with_later_defaults({"schedule": "budget", "ipc": 10}) == {"schedule": "short", "ipc": 10}
 
 
 def test_the_default_schedule_is_the_reference_except_on_the_embedded_mnist5k():

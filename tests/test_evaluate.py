@@ -89,7 +89,7 @@ def test_lossless_point_is_the_smallest_budget_within_one_std():
 
 def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, tiny_model_dir, tmp_path):
     cfg = BenchConfig(dataset=str(folder), test_dataset=str(test_folder), out=str(tmp_path / "b"), ipcs=[1, 2],
-                      methods=["random", "diffusion"], runs=2, model=str(tiny_model_dir), protocol=QUICK, schedule="budget",
+                      methods=["random", "diffusion"], runs=2, model=str(tiny_model_dir), protocol=QUICK, schedule="short",
                       curve=True, budgets=[0.2, 0.5], curve_synthetic_ipc=1, curve_synthetic_max_budget=0.2,
                       command="test", bn_protocol=replace(QUICK, arch="convnet3-bn"), generator_samples=6)
     out = bench(cfg)
@@ -103,7 +103,7 @@ def test_bench_writes_a_valid_results_file_table_and_plots(folder, test_folder, 
     assert {(c["method"], c["ipc"]) for c in r["cells"]} == {(m, i) for m in ("random", "diffusion") for i in (1, 2)}
     assert {c["method"] for c in r["curve"]} == {"dsco-doping", "dsco", "random"}
     dsco_set = read_manifest(next((out / "sets").glob("dsco-*")))["config"]
-    assert dsco_set["schedule"] == "budget" and dsco_set["nopt"]["iterations"] == 10  # the bench's --schedule reaches its sets
+    assert dsco_set["schedule"] == "short" and dsco_set["nopt"]["iterations"] == 10  # the bench's --schedule reaches its sets
     assert "full train split" in (out / "results.md").read_text()
     for png in ("accuracy_vs_ipc.png", "cost_vs_ipc.png", "lossless_curve.png", "samples_ipc1.png"):
         assert (out / png).stat().st_size > 1000

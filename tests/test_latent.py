@@ -206,10 +206,10 @@ def load_benchmark(name: str):
 
 
 def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
-    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "plain,ddim,nopt-budget",
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "plain,ddim,nopt-short",
               "--dtypes", "fp32", "--class-batch", "2", "--targets", "8", "--out", str(tmp_path / "r.json")])
     r = json.loads((tmp_path / "r.json").read_text())
-    assert [c["variant"] for c in r["results"]] == ["plain", "ddim", "nopt-budget"] and all(c["images_per_second"] > 0 for c in r["results"])
+    assert [c["variant"] for c in r["results"]] == ["plain", "ddim", "nopt-short"] and all(c["images_per_second"] > 0 for c in r["results"])
     plain, _, nopt = r["results"]
     assert plain["class_batch"] == plain["classes"] == 2
     assert nopt["ratio_to_plain"] == round(plain["images_per_second"] / nopt["images_per_second"], 2)
@@ -226,7 +226,7 @@ def test_gpu_throughput_runs_registry_methods_and_times_each_class(tmp_path):
 
 
 def test_step_cost_benchmark_charges_the_reference_schedule_more_than_budget(tmp_path):
-    load_benchmark("step_cost").main(["--tiny", "--device", "cpu", "--presets", "budget,reference", "--ipc", "2", "--targets", "8",
+    load_benchmark("step_cost").main(["--tiny", "--device", "cpu", "--presets", "short,reference", "--ipc", "2", "--targets", "8",
                                       "--repeats", "1", "--out", str(tmp_path / "r.json")])
     budget, reference = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert 1 < budget["cost_vs_plain_one_class"] < reference["cost_vs_plain_one_class"]
@@ -283,11 +283,11 @@ def test_an_unreachable_hub_id_is_one_clear_error(monkeypatch):
 
 def test_nopt_cost_variants_are_presets_with_typed_knob_overrides():
     nopt_cost = load_benchmark("nopt_cost")
-    cfg = nopt_cost.variant_config("budget+max_targets=40+steps_fraction=0.6+steps_start=0.4")
+    cfg = nopt_cost.variant_config("short+max_targets=40+steps_fraction=0.6+steps_start=0.4")
     assert (cfg.max_targets, cfg.steps_fraction, cfg.steps_start, cfg.iterations) == (40, 0.6, 0.4, 10)
     assert nopt_cost.variant_config("reference") == NOptConfig()
     with pytest.raises(SystemExit, match="unknown NOpt knob"):
-        nopt_cost.variant_config("budget+speed=9")
+        nopt_cost.variant_config("short+speed=9")
 
 
 def test_a_dit_with_latents_too_small_for_the_feature_net_is_refused_up_front(tmp_path, capsys):

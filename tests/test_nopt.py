@@ -133,7 +133,7 @@ def _reals(backend, classes=3, m=20):
     NOptConfig(iterations=4, feature_width=16, optimizer="adam", lr=0.05, k_noises=1, target_offset=0, steps_fraction=0.5),
     NOptConfig(iterations=4, feature_width=16, loss="mmd"),
     NOptConfig(iterations=30, feature_width=16, early_stop=2, early_stop_tol=0.05),
-], ids=["reference", "budget", "mmd", "early-stop"])
+], ids=["reference", "short", "mmd", "early-stop"])
 def test_classes_optimised_together_get_the_samples_each_gets_alone(tiny_backend, cfg):
     """Each class's draws come from its own generator and its loss depends on its own samples, so batching classes
     changes nothing but float rounding (the model's batch is larger): same samples, same iteration counts."""
@@ -211,3 +211,22 @@ def test_the_graphed_iteration_is_torch_sgd_with_momentum(tiny_backend):
     assert (history[-1] < history[0]).all()  # and it optimises: each class's loss falls
     again, _ = runner.run(loss, mu, sigma, eps0, cfg.lr, cfg.iterations)  # reused for the next step: state reset
     assert torch.equal(again, graphed)
+
+
+def test_real_anchored_nopt_starts_from_the_class_real_images_at_the_anchor_level(tiny_backend, tiny_set):
+    """--anchor real (ours): samples start from the class's real images noised to the level of DiT's anchor_t on
+    the backend's schedule, and so end nearer the class's real images than samples started from pure noise."""
+    from dsco.models.diffusion import reference_noise_level, step_at_noise_level
+
+    real = tiny_backend.encode(tiny_set.class_images(2))
+    anchored = NOptConfig(iterations=3, feature_width=16, k_noises=1, anchor="real", anchor_t=300)
+    start = step_at_noise_level(tiny_backend.schedule, reference_noise_level("dit", 300))
+    assert 0 < start < len(tiny_backend.timesteps) - 1
+    z, records = nopt_class(tiny_backend, 2, real, 4, anchored, torch.Generator().manual_seed(0), 1)
+    assert records[0].t == tiny_backend.timesteps[start]  # the steps before the anchor level are not run
+    free, _ = nopt_class(tiny_backend, 2, real, 4, NOptConfig(iterations=3, feature_width=16, k_noises=1),
+                         torch.Generator().manual_seed(0), 1)
+    nearest = lambda x: torch.cdist(x.flatten(1), real.flatten(1)).min(1).values.mean()
+    assert nearest(z) < nearest(free)
+    with pytest.raises(DscoError, match="valid names are noise, real"):
+        NOptConfig(anchor="prototypes").validate()

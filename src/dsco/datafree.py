@@ -20,7 +20,7 @@ from .nopt import LossFn, NOptConfig, StepRecord, norm_loss, rho, steered_sampli
 class DataFreeConfig:
     """Data-free knobs; defaults are the reference's."""
 
-    templates: Optional[int] = None  # template samples per class; None = by schedule (reference 200, budget 20)
+    templates: Optional[int] = None  # template samples per class; None = by schedule (reference 200, short 20)
     diversity_weight: float = 10.0
     beta: float = 1e-3  # weight of the moment terms
     template_batch: int = 100

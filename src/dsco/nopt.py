@@ -18,9 +18,10 @@ from tqdm.auto import tqdm
 from .errors import DscoError
 from .features import RandomFeatureNet, StackedFeatureNets
 from .mmd import mmd2
-from .models.diffusion import DiffusionBackend, denoise, device_of
+from .models.diffusion import DiffusionBackend, denoise, device_of, reference_noise_level, step_at_noise_level
 
 LOSSES = ("quantile", "mmd")
+ANCHORS = ("noise", "real")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -46,6 +47,8 @@ class NOptConfig:
     steps_fraction: float = 1.0  # optimise only this fraction of the steps (ours)
     steps_start: float = 0.0  # ... starting this fraction of the steps in (0 = from the noisiest; ours)
     std_floor: float = 0.0  # floor the targets' per-feature std at this x its median (ours; 0 = off, the reference)
+    anchor: str = "noise"  # start from pure noise (the paper), or "real": from the class's real images noised (ours)
+    anchor_t: int = 600  # "real": the start level, a timestep of DiT's schedule (D3HR's level), carried as alpha_bar
 
     def optimised_steps(self, steps: int) -> int:
         """How many of `steps` sampling steps get their noise optimised."""
@@ -69,6 +72,10 @@ class NOptConfig:
             raise DscoError(f"steps_start must be in [0, 1), got {self.steps_start}")
         if self.target_offset not in (0, 1):
             raise DscoError(f"target_offset must be 0 or 1, got {self.target_offset}")
+        if self.anchor not in ANCHORS:
+            raise DscoError(f"unknown NOpt anchor {self.anchor!r}: valid names are {', '.join(ANCHORS)}")
+        if not 0 < self.anchor_t < 1000:
+            raise DscoError(f"anchor_t must be a timestep of DiT's schedule, 1..999, got {self.anchor_t}")
 
 
 # ---- pure pieces ---------------------------------------------------------------------------
@@ -191,7 +198,7 @@ def feature_std(f: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
 
 def make_optimizer(eps: torch.Tensor, name: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     """SGD with momentum (reference), or Adam with beta1 = momentum: per-pixel step sizes, so a few
-    iterations go as far as many SGD ones (ours; the --schedule budget preset)."""
+    iterations go as far as many SGD ones (ours; the --schedule short preset)."""
     if name == "adam":
         return torch.optim.Adam([eps], lr=lr, betas=(momentum, 0.99))
     return torch.optim.SGD([eps], lr=lr, momentum=momentum)
@@ -501,19 +508,21 @@ def steered_sampling(
     names: list[str],
     progress: bool = False,
     graphs: Optional[bool] = None,
+    start: int = 0,
 ) -> tuple[torch.Tensor, list[list[StepRecord]]]:
     """Ancestral sampling where each step's noise is first optimised against `make_loss`, for the C classes of
     `names` at once (x_T class-major); records per class.
 
     The model runs once per step without gradient; the last step (sigma = 0) adds no noise. `graphs` (default: on
-    a GPU, unless DSCO_CUDA_GRAPHS=0) replays the reference's iterations from a CUDA graph.
+    a GPU, unless DSCO_CUDA_GRAPHS=0) replays the reference's iterations from a CUDA graph. `start`: the step x_T
+    is at (0: pure noise).
     """
     records: list[list[StepRecord]] = [[] for _ in names]
     optimised = cfg.optimised_range(len(backend.timesteps))
     use_graphs = device_of(backend).type == "cuda" and _graphs_wanted() if graphs is None else graphs
     runners: Optional[Runners] = {} if use_graphs else None
     label = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
-    bar = tqdm(range(len(backend.timesteps)), desc=f"class {label}", leave=False, disable=not progress)
+    bar = tqdm(range(start, len(backend.timesteps)), desc=f"class {label}", leave=False, disable=not progress)
     noise = step_noise if callable(step_noise) else (lambda i: step_noise[i])
 
     def choose(i: int, t: int, mu: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -557,19 +566,31 @@ def nopt_classes(
 
     Every random draw of a class comes from its own generator in the order `nopt_class` draws it, and each
     class's loss depends on its own samples alone, so on a CPU the samples are one class at a time's up to float
-    rounding; on a GPU the C classes share each model call and each optimiser iteration."""
+    rounding; on a GPU the C classes share each model call and each optimiser iteration.
+
+    `cfg.anchor = "real"` (ours, beyond the paper) starts each sample from one of the class's real images (n drawn
+    without repetition while there are enough) noised with its x_T to the level of DiT's timestep `anchor_t`,
+    carried to the backend's schedule by `step_at_noise_level`, as D4M and D3HR start; NOpt then steers the
+    remaining steps."""
     cfg.validate()
     RandomFeatureNet.check_input(backend.sample_shape)
     names = names or [str(label) for label in labels]
     shape, dev, ts = backend.sample_shape, device_of(backend), backend.timesteps
+    start = step_at_noise_level(backend.schedule, reference_noise_level("dit", cfg.anchor_t)) if cfg.anchor == "real" else 0
     x_T, step_noise, z0, noise_gens, nets = [], [], [], [], []
-    for real, g, seed, name in zip(real_z0, generators, feature_seeds, names):
+    for everything, g, seed, name in zip(real_z0, generators, feature_seeds, names):
+        real = everything
         if cfg.max_targets is not None and len(real) > cfg.max_targets:
             real = real[torch.randperm(len(real), generator=g)[: cfg.max_targets]]
         if len(real) == 0:
             raise DscoError(f"class {name}: no real targets")
-        x_T.append(latin_hypercube_normal(n, shape, g) if cfg.latin_hypercube else torch.randn((n, *shape), generator=g))
+        x = latin_hypercube_normal(n, shape, g) if cfg.latin_hypercube else torch.randn((n, *shape), generator=g)
         step_noise.append(torch.randn((len(ts), n, *shape), generator=g))
+        if cfg.anchor == "real":
+            m = len(everything)
+            pick = torch.randperm(m, generator=g)[:n] if m >= n else torch.randint(m, (n,), generator=g)
+            x = backend.q_sample(everything[pick].cpu(), ts[start], x)
+        x_T.append(x)
         z0.append(real.to(dev))
         noise_gens.append(target_generator(g, dev))
         nets.append(RandomFeatureNet(shape[0], cfg.feature_width, seed=seed).to(dev))
@@ -586,7 +607,7 @@ def nopt_classes(
 
     y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
     x, records = steered_sampling(backend, y, torch.cat(x_T), lambda i: torch.cat([s[i] for s in step_noise]), make_loss,
-                                  cfg, names, progress, graphs)
+                                  cfg, names, progress, graphs, start)
     return [(x[k * n : (k + 1) * n], records[k]) for k in range(len(labels))]
 
 
