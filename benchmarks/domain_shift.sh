@@ -5,7 +5,8 @@
 #  - the digits shift (benchmarks/digits_shift.py: UCI digits the generator never saw), IPC 10, seed 0: plain
 #    sampling, DsCo, DsCo --anchor real, D4M and random real images, each trained with ConvNet-3 (cpu-small) and
 #    the BatchNorm ConvNet-3, 3 runs; and Doping at 10 / 20 / 40 % of the train split (the DsCo set's 100 images
-#    + real ones): the authors' global clarity selection, --classwise, and random real images of the same size.
+#    + real ones): the authors' global clarity selection (--no-classwise), per class (the default on a folder),
+#    and random real images of the same size.
 # Every cell writes OUT/<name>.json (dsco evaluate --json); benchmarks/domain_shift_table.py assembles them.
 #   bash benchmarks/domain_shift.sh [OUT=runs/shift]
 set -u
@@ -35,7 +36,7 @@ cell digits-dsco-anchor "${D[@]}" --method dsco --ipc 10 --anchor real
 cell digits-d4m "${D[@]}" --method d4m --ipc 10
 ARCHS="convnet3"
 for b in 0.1 0.2 0.4; do
-  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" --ipc 10 --budget "$b"
+  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" --ipc 10 --budget "$b" --no-classwise
   cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" --ipc 10 --budget "$b" --classwise
   n=$($PY -c "print(round($b * 1437 / 10))")
   cell "digits-random-$b" "${D[@]}" --method random --ipc "$n"

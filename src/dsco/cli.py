@@ -361,7 +361,9 @@ def build_parser(method_options: bool = False) -> argparse.ArgumentParser:
                        "(default 0: from the noisiest step)")
         g["doping"].add_argument("--doping-ipc", type=int, default=None, help="Doping: real images per class to add")
         g["doping"].add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
-        g["doping"].add_argument("--classwise", action="store_true", help="Doping: rank clarity within each class")
+        g["doping"].add_argument("--classwise", action=argparse.BooleanOptionalAction, default=None, help="Doping: rank "
+                                 "clarity within each class, an equal share each (default: on a folder dataset; "
+                                 "--no-classwise ranks over the whole set, the authors' selection, the default on named datasets)")
         g["doping"].add_argument("--selector", default="clarity", help="Doping selector: clarity, random")
         g["doping"].add_argument("--teacher", default=None, help="teacher directory (dsco train-teacher; trained and cached if missing), "
                        "or an ImageNet ResNet-18 weights file for ImageNet subsets")

@@ -19,7 +19,10 @@ class DopingConfig:
 
     doping_ipc: Optional[int] = None  # real images per class on average (exactly per class if classwise)
     budget: Optional[float] = None  # or: total set size as a fraction of the train split
-    classwise: bool = False
+    # rank clarity within each class, an equal share each; None = per class on a folder of the user's (data the
+    # generator may never have seen, where the globally least clear images pile up in a few classes), over the whole
+    # set on the named datasets (the authors' selection, the paper's setting)
+    classwise: Optional[bool] = None
     selector: str = "clarity"
     teacher: Optional[str] = None  # teacher directory (dsco train-teacher); trained and cached if missing
 

@@ -137,7 +137,11 @@ class ConcentrateConfig:
         guidance = self.guidance
         if guidance is None:
             guidance = default_guidance(self.model) if self.model else 2.0
-        return replace(self, schedule=schedule, nopt=nopt, datafree=replace(self.datafree, templates=templates), guidance=guidance)
+        doping = self.doping
+        if doping.classwise is None:
+            doping = replace(doping, classwise=self.dataset not in DATASET_NAMES)
+        return replace(self, schedule=schedule, nopt=nopt, datafree=replace(self.datafree, templates=templates), guidance=guidance,
+                       doping=doping)
 
     def model_source(self) -> str:
         return str(self.model or default_model_dir(self.dataset))

@@ -58,4 +58,4 @@ def advice(report: dict[str, Any]) -> Optional[str]:
     return (f"the model's plain samples are far from this data (class fidelity {o['fidelity']:.0%}, coverage "
             f"{o['coverage']:.2f}, Fréchet distance {o['fd']:.1f} in the teacher's features; furthest classes: "
             f"{', '.join(report['worst_classes'])}): synthetic sets will train poorly here. Add real images (Doping, "
-            "--budget F with --classwise), use a stronger NOpt schedule, or fine-tune the model on this data")
+            "--budget F, per class by default on a folder), use a stronger NOpt schedule, or fine-tune the model on this data")
