@@ -290,7 +290,7 @@ def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_d
     assert _hashes(cut) == _hashes(whole)
 
 
-@pytest.mark.parametrize("method", ["dsco", "diffusion"])
+@pytest.mark.parametrize("method", ["dsco", "diffusion", "minimax"])
 def test_classes_batched_make_the_set_of_one_class_at_a_time(method, tmp_path, tiny_set, tiny_backend):
     """--class-batch shares the model's calls between classes; every draw still comes from each class's own
     generator, so the images are one class at a time's up to float rounding (one grey level in the saved PNGs)."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
-from ..models.diffusion import DiffusionBackend, device_of, plain_sample
+from ..models.diffusion import DiffusionBackend, device_of, plain_samples
 from .base import ClassOutput, ClassTask, Method, register, synthetic_output
 
 TRAINABLE = ("difffit", "all")
@@ -241,8 +241,14 @@ class Minimax(Method):
     uses_model = True
     config_fields = ("minimax",)
     options, title = MinimaxConfig, "MinimaxDiffusion: the model fine-tuned with minimax terms"
+    batches_classes = True
 
     def synthesise(self, task: ClassTask) -> ClassOutput:
+        return self.synthesise_classes([task])[0]
+
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        """Plain sampling of the fine-tuned model, several classes in one batch (--class-batch)."""
+        task = tasks[0]
         if "tuned" not in task.shared:  # one fine-tuning per run, on every class
             data = [task.targets_of(c) for c in range(task.num_classes)]
             labels = torch.cat([torch.full((len(d),), task.model_labels[c]) for c, d in enumerate(data)])
@@ -250,4 +256,5 @@ class Minimax(Method):
             task.shared["tuned"] = tuned
         else:  # the fine-tuning (and its cost) is recorded with the first class
             tuned, info = task.shared["tuned"], {}
-        return synthetic_output(tuned, plain_sample(tuned, task.model_label, task.n, task.generator), info)
+        zs = plain_samples(tuned, [t.model_label for t in tasks], task.n, [t.generator for t in tasks])
+        return [synthetic_output(tuned, z, info if k == 0 else {}) for k, z in enumerate(zs)]
