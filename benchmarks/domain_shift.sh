@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 24's first measurements, one set per cell (resumable: a finished cell is skipped):
-#  - mnist5k (the generator's own data), IPC 10: DsCo started from real images (--anchor real), synthesis seeds 0-2,
+#  - mnist5k (the generator's own data), IPC 10: DsCo started from real images (--anchor real, at D3HR's level and
+#    at D4M's), synthesis seeds 0-2,
 #    beside the committed table's DsCo and D4M rows;
 #  - the digits shift (benchmarks/digits_shift.py: UCI digits the generator never saw), IPC 10, seed 0: plain
 #    sampling, DsCo, DsCo --anchor real, D4M and random real images, each trained with ConvNet-3 (cpu-small) and
@@ -18,26 +19,34 @@ mkdir -p "$OUT"
 DIG=$OUT/digits
 [ -d "$DIG/train" ] || $PY benchmarks/digits_shift.py --out "$DIG"
 D=(--dataset "$DIG/train" --test-dataset "$DIG/test")
+M=(--model "$($PY -c 'from dsco.orchestrate import default_model_dir; print(default_model_dir("mnist5k"))')")  # the shipped generator
+S=(--schedule short)  # a folder defaults to the reference schedule: days on a CPU; the short preset, as on mnist5k
 cell() {  # name, then concentrate options (data options included); evaluates with each arch in ARCHS
   local name=$1; shift
   [ -f "$OUT/sets/$name/manifest.json" ] || $DSCO concentrate --out "$OUT/sets/$name" --preflight 0 "$@" --resume >>"$OUT/log.txt" 2>&1
   for arch in $ARCHS; do
     [ -f "$OUT/$name-$arch.json" ] || $DSCO evaluate "$OUT/sets/$name" "${EVAL[@]}" --arch "$arch" --runs 3 --json "$OUT/$name-$arch.json" >>"$OUT/log.txt" 2>&1
   done
-  echo "$(date +%T) $name done" >>"$OUT/progress.log"
+  if [ -f "$OUT/sets/$name/manifest.json" ]; then echo "$(date +%T) $name done" >>"$OUT/progress.log"
+  else echo "$(date +%T) $name FAILED (see $OUT/log.txt)" >>"$OUT/progress.log"; fi
 }
 ARCHS="convnet3"; EVAL=(--dataset mnist5k)
 for s in 0 1 2; do cell "mnist5k-dsco-anchor-s$s" --dataset mnist5k --ipc 10 --seed "$s" --anchor real; done
 ARCHS="convnet3 convnet3-bn"; EVAL=("${D[@]}")
 cell digits-random "${D[@]}" --method random --ipc 10
-cell digits-diffusion "${D[@]}" --method diffusion --ipc 10
-cell digits-dsco "${D[@]}" --method dsco --ipc 10
-cell digits-dsco-anchor "${D[@]}" --method dsco --ipc 10 --anchor real
-cell digits-d4m "${D[@]}" --method d4m --ipc 10
+cell digits-diffusion "${D[@]}" "${M[@]}" --method diffusion --ipc 10
+cell digits-dsco "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10
+cell digits-dsco-anchor "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --anchor real
+cell digits-d4m "${D[@]}" "${M[@]}" --method d4m --ipc 10
 ARCHS="convnet3"
 for b in 0.1 0.2 0.4; do
-  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" --ipc 10 --budget "$b" --no-classwise
-  cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" --ipc 10 --budget "$b" --classwise
+  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --no-classwise
+  cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --classwise
   n=$($PY -c "print(round($b * 1437 / 10))")
   cell "digits-random-$b" "${D[@]}" --method random --ipc "$n"
 done
+# the anchor at D4M's level (SD v1.5's img2img start, alpha_bar 0.082 = DiT's timestep 495) instead of D3HR's
+ARCHS="convnet3"; EVAL=(--dataset mnist5k)
+for s in 0 1 2; do cell "mnist5k-dsco-anchor495-s$s" --dataset mnist5k --ipc 10 --seed "$s" --anchor real --anchor-t 495; done
+ARCHS="convnet3 convnet3-bn"; EVAL=("${D[@]}")
+cell digits-dsco-anchor495 "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --anchor real --anchor-t 495
