@@ -31,12 +31,12 @@ cell() {  # name, then concentrate options (data options included); evaluates wi
   else echo "$(date +%T) $name FAILED (see $OUT/log.txt)" >>"$OUT/progress.log"; fi
 }
 ARCHS="convnet3"; EVAL=(--dataset mnist5k)
-for s in 0 1 2; do cell "mnist5k-dsco-anchor-s$s" --dataset mnist5k --ipc 10 --seed "$s" --anchor real; done
+for s in 0 1 2; do cell "mnist5k-dsco-anchor-s$s" --dataset mnist5k --ipc 10 --seed "$s" --anchor real --anchor-t 600; done
 ARCHS="convnet3 convnet3-bn"; EVAL=("${D[@]}")
 cell digits-random "${D[@]}" --method random --ipc 10
 cell digits-diffusion "${D[@]}" "${M[@]}" --method diffusion --ipc 10
 cell digits-dsco "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10
-cell digits-dsco-anchor "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --anchor real
+cell digits-dsco-anchor "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --anchor real --anchor-t 600
 cell digits-d4m "${D[@]}" "${M[@]}" --method d4m --ipc 10
 ARCHS="convnet3"
 for b in 0.1 0.2 0.4; do

@@ -36,7 +36,13 @@ def fingerprints(work: Path, only: str = "") -> dict[str, str]:
     from dsco.methods import REGISTRY
     from dsco.models.latent import LatentBackend, alphas_cumprod_from
     from dsco.models.loading import load_backend
-    from dsco.orchestrate import ConcentrateConfig, concentrate, default_model_dir
+    try:
+        from dsco.orchestrate import ConcentrateConfig, concentrate, default_model_dir
+    except ImportError:  # a checkout from before the module's rename (dsco/concentrate.py), to compare across it
+        import importlib
+
+        old = importlib.import_module("dsco.concentrate")
+        ConcentrateConfig, concentrate, default_model_dir = old.ConcentrateConfig, old.concentrate, old.default_model_dir
     from dsco.outputset import read_manifest
 
     torch.set_num_threads(1)

@@ -355,7 +355,7 @@ def build_parser(method_options: bool = False) -> argparse.ArgumentParser:
                        "paper's; the default) or from the class's real images noised to --anchor-t (ours: for data the "
                        "generator never saw)")
         g["nopt"].add_argument("--anchor-t", type=int, default=None, help="--anchor real: the start level as a timestep "
-                       "of DiT's schedule, carried to the model's as the same noise level (default 600, D3HR's)")
+                       "of DiT's schedule, carried to the model's as the same noise level (default 495, D4M's; 600 is D3HR's)")
         g["nopt"].add_argument("--steps-fraction", type=float, default=None, help="optimise only this fraction of the steps")
         g["nopt"].add_argument("--steps-start", type=float, default=None, help="... starting this fraction of the steps in "
                        "(default 0: from the noisiest step)")

@@ -48,7 +48,7 @@ class NOptConfig:
     steps_start: float = 0.0  # ... starting this fraction of the steps in (0 = from the noisiest; ours)
     std_floor: float = 0.0  # floor the targets' per-feature std at this x its median (ours; 0 = off, the reference)
     anchor: str = "noise"  # start from pure noise (the paper), or "real": from the class's real images noised (ours)
-    anchor_t: int = 600  # "real": the start level, a timestep of DiT's schedule (D3HR's level), carried as alpha_bar
+    anchor_t: int = 495  # "real": the start level, a timestep of DiT's schedule (D4M's level), carried as alpha_bar
 
     def optimised_steps(self, steps: int) -> int:
         """How many of `steps` sampling steps get their noise optimised."""
