@@ -50,3 +50,17 @@ ARCHS="convnet3"; EVAL=(--dataset mnist5k)
 for s in 0 1 2; do cell "mnist5k-dsco-anchor495-s$s" --dataset mnist5k --ipc 10 --seed "$s" --anchor real --anchor-t 495; done
 ARCHS="convnet3 convnet3-bn"; EVAL=("${D[@]}")
 cell digits-dsco-anchor495 "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --anchor real --anchor-t 495
+# more synthesis seeds for the digits shift's synthetic sets (the cells above are seed 0)
+ARCHS="convnet3 convnet3-bn"; EVAL=("${D[@]}")
+for s in 1 2; do
+  cell "digits-dsco-anchor495-s$s" "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --seed "$s" --anchor real --anchor-t 495
+  cell "digits-d4m-s$s" "${D[@]}" "${M[@]}" --method d4m --ipc 10 --seed "$s"
+  cell "digits-dsco-s$s" "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --seed "$s"
+  cell "digits-diffusion-s$s" "${D[@]}" "${M[@]}" --method diffusion --ipc 10 --seed "$s"
+done
+# Doping as it now runs by default on a folder: per class, with the guard (synthetic images kept only if they
+# train as well as as many random real images)
+ARCHS="convnet3"; EVAL=("${D[@]}")
+for b in 0.1 0.2 0.4; do
+  cell "digits-doped-default-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b"
+done

@@ -130,12 +130,12 @@ def test_killed_process_resumes_to_the_same_output(folder, tiny_model_dir, tmp_p
 
 def test_doping_adds_exactly_the_asked_real_images_with_their_clarity(tmp_path, tiny_set, tiny_backend):
     cfg = config(tmp_path / "doped", "dsco", ipc=2)
-    cfg.doping.doping_ipc, cfg.doping.teacher = 2, str(tmp_path / "teacher")
+    cfg.doping.doping_ipc, cfg.doping.teacher, cfg.doping.guard = 2, str(tmp_path / "teacher"), False
     train_teacher(tiny_set, tiny_set, TeacherConfig("tiny", 0, cfg.doping_protocol), tmp_path / "teacher", progress=False)
     out = concentrate(cfg, train=tiny_set, backend=tiny_backend, progress=False)
     m = read_manifest(out)
     real = [e for e in m["images"] if e["source"] == "real"]
-    assert len(real) == 6 and len(m["images"]) == 12 and m["method"] == "dsco+doping"
+    assert len(real) == 6 and len(m["images"]) == 12 and m["method"] == "dsco+doping" and "doping_guard" not in m
     assert all(-1 <= e["clarity"] <= 1 and tiny_set.labels[e["index"]] == e["label"] for e in real)
     assert len({e["index"] for e in real}) == 6 and verify(out) == []
     assert (tmp_path / "teacher" / "model.safetensors").is_file()
@@ -307,3 +307,33 @@ def test_classes_batched_make_the_set_of_one_class_at_a_time(method, tmp_path, t
 def test_class_batch_below_one_is_refused_before_any_work(tmp_path, tiny_set):
     with pytest.raises(DscoError, match="--class-batch must be a positive integer"):
         concentrate(config(tmp_path / "o", class_batch=0), train=tiny_set, progress=False)
+
+
+def test_dopings_guard_replaces_synthetic_images_that_train_worse_than_real_ones(tmp_path, tiny_set, tiny_backend, caplog):
+    """A random tiny model's samples teach nothing about the real classes: the guard (the default on a folder)
+    finds a model trained on them below one trained on as many random real images, and the set becomes that many
+    class-balanced random real images plus the real share, said on one line and in the manifest."""
+    cfg = config(tmp_path / "doped", "dsco", ipc=2)
+    cfg.doping.doping_ipc, cfg.doping.teacher = 2, str(tmp_path / "teacher")
+    cfg.doping_protocol = EvalProtocol(max_steps=60, width=16)  # long enough for 6 real images to teach the stripes
+    train_teacher(tiny_set, tiny_set, TeacherConfig("tiny", 0, cfg.doping_protocol), tmp_path / "teacher", progress=False)
+    with caplog.at_level("WARNING"):
+        out = concentrate(cfg, train=tiny_set, backend=tiny_backend, progress=False)
+    m = read_manifest(out)
+    guard = m["doping_guard"]
+    assert m["config"]["doping"]["guard"] is True and guard["kept_synthetic"] is False
+    assert guard["synthetic_accuracy"] < guard["real_accuracy"]
+    assert [e["source"] for e in m["images"]] == ["real"] * 12 and m["counts"] == [4, 4, 4]
+    assert len({e["index"] for e in m["images"]}) == 12 and verify(out) == []
+    assert "class-balanced random real images" in caplog.text
+
+
+def test_dopings_guard_keeps_synthetic_images_that_train_as_well_as_real_ones(tiny_set):
+    """The rule's direction: a doping model that classifies the real train split perfectly keeps its images."""
+    from types import SimpleNamespace
+
+    cfg = ConcentrateConfig(dataset="tiny", doping_protocol=EvalProtocol(max_steps=5, width=16))
+    run = SimpleNamespace(cfg=cfg, train=tiny_set, progress=False)
+    perfect = torch.nn.functional.one_hot(tiny_set.labels, 3).float()
+    keep, report = conc._synthetic_earns_its_place(run, perfect, 6, 12, None)
+    assert keep and report["synthetic_accuracy"] == 1.0

@@ -104,7 +104,7 @@ def _concentrate_config(a: argparse.Namespace):
                                              "feature_width", "max_targets", "early_stop", "steps_fraction", "steps_start", "std_floor",
                                              "anchor", "anchor_t")
                  if getattr(a, k, None) is not None}
-    doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise,
+    doping = DopingConfig(doping_ipc=a.doping_ipc, budget=a.budget, classwise=a.classwise, guard=a.doping_guard,
                           selector=a.selector, teacher=a.teacher)
     return ConcentrateConfig(
         method="dsco-datafree" if a.data_free else a.method, schedule=schedule, nopt=replace(nopt, **overrides),
@@ -361,6 +361,9 @@ def build_parser(method_options: bool = False) -> argparse.ArgumentParser:
                        "(default 0: from the noisiest step)")
         g["doping"].add_argument("--doping-ipc", type=int, default=None, help="Doping: real images per class to add")
         g["doping"].add_argument("--budget", type=float, default=None, help="Doping: total size as a fraction of the train split")
+        g["doping"].add_argument("--doping-guard", action=argparse.BooleanOptionalAction, default=None, help="Doping (ours): "
+                                 "keep the synthetic images only if they train as well as as many random real images, "
+                                 "else the set is class-balanced random real images (default: on a folder dataset)")
         g["doping"].add_argument("--classwise", action=argparse.BooleanOptionalAction, default=None, help="Doping: rank "
                                  "clarity within each class, an equal share each (default: on a folder dataset; "
                                  "--no-classwise ranks over the whole set, the authors' selection, the default on named datasets)")

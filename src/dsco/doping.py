@@ -23,6 +23,10 @@ class DopingConfig:
     # generator may never have seen, where the globally least clear images pile up in a few classes), over the whole
     # set on the named datasets (the authors' selection, the paper's setting)
     classwise: Optional[bool] = None
+    # ours: keep the synthetic images only if a model trained on them does at least as well on the real train split
+    # as one trained on as many random real images; else the set is a class-balanced random real subset of the same
+    # size (never worse than random real images). None = on a folder of the user's, off on the named datasets
+    guard: Optional[bool] = None
     selector: str = "clarity"
     teacher: Optional[str] = None  # teacher directory (dsco train-teacher); trained and cached if missing
 
@@ -72,6 +76,16 @@ def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_syntheti
             raise DscoError(f"--classwise: class {short[0]} has {class_counts[short[0]]} real images, fewer than the "
                             f"{count // num_classes} per class asked for")
     return count
+
+
+def stratified_random(labels: torch.Tensor, count: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` indices drawn at random, an equal share per class (the remainder to the first classes), sorted."""
+    chosen = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().squeeze(1)
+        share = count // num_classes + (1 if c < count % num_classes else 0)
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:share]])
+    return torch.sort(torch.cat(chosen)).values
 
 
 def select(

@@ -20,7 +20,7 @@ from .cache import cache_dir, cached
 from .data import DATASET_NAMES, IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids
 from .datafree import DataFreeConfig
-from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
+from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select, stratified_random
 from .errors import DscoError
 from .evaluate import PROTOCOLS, EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_json, safe_name
@@ -137,9 +137,11 @@ class ConcentrateConfig:
         guidance = self.guidance
         if guidance is None:
             guidance = default_guidance(self.model) if self.model else 2.0
-        doping = self.doping
+        doping, folder = self.doping, self.dataset not in DATASET_NAMES
         if doping.classwise is None:
-            doping = replace(doping, classwise=self.dataset not in DATASET_NAMES)
+            doping = replace(doping, classwise=folder)
+        if doping.guard is None:
+            doping = replace(doping, guard=folder)
         return replace(self, schedule=schedule, nopt=nopt, datafree=replace(self.datafree, templates=templates), guidance=guidance,
                        doping=doping)
 
@@ -227,6 +229,7 @@ class _Run:
         self.class_names: list[str] = []
         self.shared: dict[str, Any] = {}  # the method's per-run state
         self.preflight: Optional[dict[str, Any]] = None  # the pre-flight check's report (rank 0)
+        self.doping_guard: Optional[dict[str, Any]] = None  # Doping's guard: both accuracies and its verdict
         self.out = Path(cfg.out)
         self.work = self.out.parent / f".{self.out.name}.work"
         saved = self.work / "run.json"
@@ -318,10 +321,15 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     else:
         scores = torch.rand(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     chosen = select(scores, train.labels, count, len(class_names), cfg.doping.classwise)
+    keep = True
+    if cfg.doping.guard and cfg.doping.selector == "clarity":
+        keep, run.doping_guard = _synthetic_earns_its_place(run, doping_probs, num_syn, num_syn + count, teacher)
+        if not keep:  # the budget in class-balanced random real images: never worse than random real images
+            chosen = stratified_random(train.labels, num_syn + count, len(class_names), torch.Generator().manual_seed(cfg.seed))
     out: dict[int, list[dict]] = {}
     for label, name in enumerate(class_names):
         mine = chosen[train.labels[chosen] == label]
-        syn = [e for e in entries_by_class[label] if e["source"] == "synthetic"]
+        syn = [e for e in entries_by_class[label] if e["source"] == "synthetic"] if keep else []
         real = train.subset(mine).images  # only the chosen files are read on a lazy (ImageNet) split
         images = torch.cat([read_images(run.work, syn), real]) if syn else real
         sources = [{"source": "synthetic"} for _ in syn] + [
@@ -329,6 +337,26 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
         ]
         out[label] = write_class_images(run.work, name, label, images, sources)
     return out
+
+
+def _synthetic_earns_its_place(run: _Run, doping_probs: torch.Tensor, num_syn: int, total: int, teacher) -> tuple[bool, dict[str, Any]]:
+    """Doping's guard (ours): the doping model's accuracy on the real train split against that of the same network
+    trained (same protocol and seed) on as many class-balanced random real images, measured on the images it did not
+    see. The synthetic images stay when they train at least as well as real ones."""
+    cfg, train = run.cfg, run.train
+    synthetic_acc = (doping_probs.argmax(1) == train.labels).float().mean().item()
+    pick = stratified_random(train.labels, num_syn, train.num_classes, torch.Generator().manual_seed(cfg.seed + 1))
+    reference = train_classifier(train.subset(pick), cfg.doping_protocol, cfg.seed, teacher, run.progress)
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[pick] = False
+    (probs,) = predict_by_class([reference], train, cfg.doping_protocol.image_size)
+    real_acc = (probs.argmax(1)[rest] == train.labels[rest]).float().mean().item()
+    keep = synthetic_acc >= real_acc
+    if not keep:
+        log.warning("Doping: a model trained on the %d synthetic images scores %.1f %% on the real train split, one trained "
+                    "on %d random real images %.1f %%: the set is %d class-balanced random real images instead "
+                    "(--no-doping-guard keeps the synthetic ones)", num_syn, synthetic_acc * 100, num_syn, real_acc * 100, total)
+    return keep, {"synthetic_accuracy": round(synthetic_acc, 4), "real_accuracy": round(real_acc, 4), "kept_synthetic": keep}
 
 
 def _preflight(cfg: ConcentrateConfig, backend: DiffusionBackend, train) -> Optional[dict[str, Any]]:
@@ -477,6 +505,8 @@ def _finish(run: _Run, class_names: list[str]) -> Path:
     }
     if run.preflight is not None:
         manifest["preflight"] = run.preflight
+    if run.doping_guard is not None:
+        manifest["doping_guard"] = run.doping_guard
     atomic_write_json(run.work / "manifest.json", manifest)
     shutil.rmtree(run.work / "classes")
     (run.work / "run.json").unlink()
