@@ -78,16 +78,6 @@ def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_syntheti
     return count
 
 
-def stratified_random(labels: torch.Tensor, count: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` indices drawn at random, an equal share per class (the remainder to the first classes), sorted."""
-    chosen = []
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().squeeze(1)
-        share = count // num_classes + (1 if c < count % num_classes else 0)
-        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:share]])
-    return torch.sort(torch.cat(chosen)).values
-
-
 def select(
     scores: torch.Tensor, labels: torch.Tensor, count: int, num_classes: int, classwise: bool
 ) -> torch.Tensor:

@@ -20,10 +20,11 @@ from .cache import cache_dir, cached
 from .data import DATASET_NAMES, IMAGENET_NAMES, ImageSet, LazyImageSet, load_dataset
 from .data.imagenet import class_labels, imagenet_index, subset_wnids
 from .datafree import DataFreeConfig
-from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select, stratified_random
+from .doping import DOPING_SELECTORS, DopingConfig, clarity, real_count, select
 from .errors import DscoError
 from .evaluate import PROTOCOLS, EvalProtocol, TeacherConfig, ensure_teacher, predict_by_class, train_classifier
 from .fsio import atomic_write_json, safe_name
+from .methods.selection import random_subset
 from .methods import METHOD_FIELDS, ClassTask, D3HRConfig, D4MConfig, IGDConfig, MGD3Config, MinimaxConfig, method_named
 from .models.diffusion import DiffusionBackend
 from .models.loading import default_guidance, load_backend
@@ -324,8 +325,8 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     keep = True
     if cfg.doping.guard and cfg.doping.selector == "clarity":
         keep, run.doping_guard = _synthetic_earns_its_place(run, doping_probs, num_syn, num_syn + count, teacher)
-        if not keep:  # the budget in class-balanced random real images: never worse than random real images
-            chosen = stratified_random(train.labels, num_syn + count, len(class_names), torch.Generator().manual_seed(cfg.seed))
+        if not keep:  # the budget in class-balanced random real images: the `random` method's set of that size
+            chosen = _random_real(train, num_syn + count, cfg.seed)
     out: dict[int, list[dict]] = {}
     for label, name in enumerate(class_names):
         mine = chosen[train.labels[chosen] == label]
@@ -339,13 +340,25 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
     return out
 
 
+def _random_real(train, total: int, seed: int) -> torch.Tensor:
+    """`total` real train indices, an equal share a class (the remainder to the first classes), each class's drawn as
+    the `random` method draws it with this seed: with a share of n a class, exactly `--method random --ipc n`'s."""
+    k, chosen = train.num_classes, []
+    for c in range(k):
+        idx = train.indices_of(c)
+        share = total // k + (1 if c < total % k else 0)
+        if share:
+            chosen.append(idx[random_subset(idx, share, torch.Generator().manual_seed(_class_seed(seed, c)))])
+    return torch.sort(torch.cat(chosen)).values
+
+
 def _synthetic_earns_its_place(run: _Run, doping_probs: torch.Tensor, num_syn: int, total: int, teacher) -> tuple[bool, dict[str, Any]]:
     """Doping's guard (ours): the doping model's accuracy on the real train split against that of the same network
     trained (same protocol and seed) on as many class-balanced random real images, measured on the images it did not
     see. The synthetic images stay when they train at least as well as real ones."""
     cfg, train = run.cfg, run.train
     synthetic_acc = (doping_probs.argmax(1) == train.labels).float().mean().item()
-    pick = stratified_random(train.labels, num_syn, train.num_classes, torch.Generator().manual_seed(cfg.seed + 1))
+    pick = _random_real(train, num_syn, cfg.seed + 1)
     reference = train_classifier(train.subset(pick), cfg.doping_protocol, cfg.seed, teacher, run.progress)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[pick] = False
