@@ -183,6 +183,7 @@ def test_a_doped_set_trains_for_its_synthetic_ipcs_epochs():
 
     doped = {"config": {"ipc": 100, "doping": {"doping_ipc": 500, "budget": None}}}
     assert schedule_ipc(doped) == 100 and schedule_ipc({"config": {"ipc": 10, "doping": {}}}) is None
+    assert schedule_ipc({**doped, "doping_guard": {"kept_synthetic": False}}) is None  # the guard left a real subset
     p = protocol_named("imagenet-subset")
     assert p.epochs_for(6000, 10, ipc=100) == 1000 and p.epochs_for(6000, 10) == 500
 

@@ -131,9 +131,12 @@ def load_output_set(out: str | Path, dtype: torch.dtype = torch.float32) -> Imag
 
 def schedule_ipc(manifest: dict[str, Any]) -> Optional[int]:
     """The images per class a set's training schedule is chosen by: a doped set's synthetic IPC (the DsCo authors
-    train 100 synthetic + 500 real per class for IPC 100's epochs), else None (its own size)."""
+    train 100 synthetic + 500 real per class for IPC 100's epochs), else None (its own size). A set whose synthetic
+    images Doping's guard dropped is a real subset: its own size."""
     cfg = manifest.get("config") or {}
     doping = cfg.get("doping") or {}
+    if (manifest.get("doping_guard") or {}).get("kept_synthetic") is False:
+        return None
     if doping.get("doping_ipc") is not None or doping.get("budget") is not None:
         return int(cfg["ipc"])
     return None
