@@ -342,14 +342,15 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
 
 def _random_real(train, total: int, seed: int) -> torch.Tensor:
     """`total` real train indices, an equal share a class (the remainder to the first classes), each class's drawn as
-    the `random` method draws it with this seed: with a share of n a class, exactly `--method random --ipc n`'s."""
+    the `random` method draws it with this seed and kept in its order: with a share of n a class, exactly
+    `--method random --ipc n`'s set, image for image."""
     k, chosen = train.num_classes, []
     for c in range(k):
         idx = train.indices_of(c)
         share = total // k + (1 if c < total % k else 0)
         if share:
             chosen.append(idx[random_subset(idx, share, torch.Generator().manual_seed(_class_seed(seed, c)))])
-    return torch.sort(torch.cat(chosen)).values
+    return torch.cat(chosen)
 
 
 def _synthetic_earns_its_place(run: _Run, doping_probs: torch.Tensor, num_syn: int, total: int, teacher) -> tuple[bool, dict[str, Any]]:
