@@ -1,8 +1,10 @@
 """NOpt: steer ancestral sampling by optimising each step's noise (docs/method.md, section 2).
 
 Read top to bottom: the pure pieces (Latin-hypercube noise, pivots, the losses), one step's
-noise optimisation, then the per-class sampling loop. The gradient reaches the noise only
-through the random feature net phi, never through the diffusion model.
+noise optimisation (for C classes at once: each class's loss depends on its own samples, so
+batching classes changes nothing but float rounding; on a GPU the reference's iterations replay
+from a CUDA graph), then the sampling loop. The gradient reaches the noise only through the
+random feature net phi, never through the diffusion model.
 """
 from __future__ import annotations
 
