@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One lent-GPU session, run from the repository root (issue 23): the DiT-XL/2-sized step cost (bf16 model step,
-# NOpt's iteration eager and from a CUDA graph, one class and ten at once), then throughput in bf16 with classes
-# batched (--class-batch) and one at a time, plain sampling vs NOpt's reference and short schedules, then fp32,
-# then plain sampling with torch.compile. Every benchmark writes its JSON after each cell, so a section stopped by
-# its time limit keeps what it measured. Writes under $OUT.
+# One lent-GPU session, run from the repository root (issue 23), DiT-XL/2-sized throughput with classes batched
+# (--class-batch): NOpt's reference at IPC 50, plain sampling compiled at IPC 10, fp32, then the peers. The
+# previous round (step cost, feature_cost.py, bf16 IPC 10) is in the committed JSON; `git log -p` has its script.
+# Every benchmark writes its JSON after each cell, so a section stopped by its time limit keeps what it measured.
+# Writes under $OUT. Run with carry [".whl"] and a timeout of ~560 s.
 #   OUT=out/gpu bash benchmarks/gpu_round.sh
-# Wheels the device image lacks (diffusers, mlxtend, importlib_metadata) travel in .whl (device README).
+# Wheels the device image lacks travel in .whl (ignored by git); make them once here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 mlxtend==0.25.0 importlib_metadata==10.2.0
 set -u
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
@@ -16,16 +18,17 @@ fi
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/log.txt" 2>&1
 quiet() { tr '\r' '\n' | grep -v "it/s\|s/it" >>"$OUT/log.txt"; }
-echo "== step cost" >>"$OUT/log.txt"
-timeout 60 python3 benchmarks/step_cost.py --device cuda --bf16 --ipc 10 --presets reference,short --classes 1,10 \
-  --out "$OUT/step_cost.json" 2>&1 | quiet
-echo "== bf16 throughput" >>"$OUT/log.txt"
-timeout 240 python3 benchmarks/gpu_throughput.py --device cuda --dtypes bf16 --ipc 10,50 --class-batch 10:10,10:1,50:4,50:1 \
-  --methods plain,nopt-reference,nopt-short --out "$OUT/gpu_throughput.json" 2>&1 | quiet
-echo "== fp32 throughput" >>"$OUT/log.txt"
-timeout 120 python3 benchmarks/gpu_throughput.py --device cuda --dtypes fp32 --ipc 10,50 --class-batch 10:10,50:4 \
-  --methods plain,nopt-reference --out "$OUT/gpu_throughput_fp32.json" 2>&1 | quiet
-echo "== bf16 plain sampling, torch.compile" >>"$OUT/log.txt"
-timeout 120 python3 benchmarks/gpu_throughput.py --device cuda --dtypes bf16 --ipc 50 --class-batch 50:4,50:8 --compile \
+# The order is what the last round (gpu_throughput_h200.json) left unmeasured first.
+echo "== bf16 throughput, IPC 50" >>"$OUT/log.txt"
+timeout 200 python3 benchmarks/gpu_throughput.py --device cuda --dtypes bf16 --ipc 50 --class-batch 50:4 \
+  --methods plain,nopt-reference,nopt-short --out "$OUT/gpu_throughput_ipc50.json" 2>&1 | quiet
+echo "== bf16 plain sampling with torch.compile, IPC 10" >>"$OUT/log.txt"
+timeout 120 python3 benchmarks/gpu_throughput.py --device cuda --dtypes bf16 --ipc 10 --class-batch 10:10 --compile \
   --methods plain --out "$OUT/gpu_throughput_compile.json" 2>&1 | quiet
+echo "== fp32 throughput, IPC 10" >>"$OUT/log.txt"
+timeout 120 python3 benchmarks/gpu_throughput.py --device cuda --dtypes fp32 --ipc 10 --class-batch 10:10 \
+  --methods plain,nopt-reference --out "$OUT/gpu_throughput_fp32.json" 2>&1 | quiet
+echo "== the peers, bf16, IPC 10, two classes (D3HR's 10^8 candidates a class would not fit)" >>"$OUT/log.txt"
+timeout 100 python3 benchmarks/gpu_throughput.py --device cuda --dtypes bf16 --ipc 10 --classes 2 \
+  --methods diffusion,d4m,mgd3,minimax,igd --out "$OUT/peer_throughput.json" 2>&1 | quiet
 ls -la "$OUT" >>"$OUT/log.txt"
