@@ -176,15 +176,18 @@ def pivots(features: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def quantile_loss(v: torch.Tensor, piv: torch.Tensor, lam: float) -> torch.Tensor:
-    """lam * N * sum_d sum_k rho(sort(v[:, d])[k] - p[d, k]): 1-D optimal transport per feature."""
-    n = len(v)
-    return lam * n * rho(v.sort(dim=0).values.T - piv).sum()
+    """lam * N * sum_d sum_k rho(sort(v[:, d])[k] - p[d, k]): 1-D optimal transport per feature. v (N, F) and piv
+    (F, N) give a scalar; with a leading class dimension, v (C, N, F) and piv (C, F, N), one loss a class (C,)."""
+    n = v.shape[-2]
+    return lam * n * rho(v.sort(dim=-2).values.transpose(-1, -2) - piv).sum(dim=(-2, -1))
 
 
-def norm_loss(eps: torch.Tensor) -> torch.Tensor:
-    """sum_j rho(||eps_j|| - sqrt(D)): keeps each noise on the Gaussian shell."""
+def norm_loss(eps: torch.Tensor, classes: Optional[int] = None) -> torch.Tensor:
+    """sum_j rho(||eps_j|| - sqrt(D)): keeps each noise on the Gaussian shell. With `classes`, the sum of each
+    class's rows of a class-major batch (C,)."""
     d = eps[0].numel()
-    return rho(eps.flatten(1).norm(dim=1) - math.sqrt(d)).sum()
+    r = rho(eps.flatten(1).norm(dim=1) - math.sqrt(d))
+    return r.sum() if classes is None else r.view(classes, -1).sum(1)
 
 
 def standardise(f: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -250,12 +253,6 @@ class ScalarLoss(ClassLoss):
         return self
 
 
-def norm_losses(eps: torch.Tensor, classes: int) -> torch.Tensor:
-    """`norm_loss` of each class's rows of a class-major batch: (C,)."""
-    d = eps[0].numel()
-    return rho(eps.flatten(1).norm(dim=1).view(classes, -1) - math.sqrt(d)).sum(1)
-
-
 class QuantileLoss(ClassLoss):
     """The reference's loss for C classes: `quantile_loss` of each class's standardised features against its own
     pivots, plus `norm_loss`. m, s: (C, F) the targets' statistics; piv: (C, F, n)."""
@@ -267,10 +264,8 @@ class QuantileLoss(ClassLoss):
         self.classes = len(nets)
 
     def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        n = len(x_prev) // self.classes
         v = (self.stack(x_prev) - self.m[:, None]) / self.s[:, None]  # (C, n, F)
-        q = self.lam * n * rho(v.sort(dim=1).values.transpose(1, 2) - self.piv).sum(dim=(1, 2))
-        return q + norm_losses(eps, self.classes)
+        return quantile_loss(v, self.piv, self.lam) + norm_loss(eps, self.classes)
 
     def subset(self, classes: list[int]) -> "QuantileLoss":
         return QuantileLoss([self.nets[c] for c in classes], self.m[classes], self.s[classes], self.piv[classes], self.lam)
@@ -288,7 +283,7 @@ class MMDLoss(ClassLoss):
 
     def __call__(self, x_prev: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         v = (self.stack(x_prev) - self.m[:, None]) / self.s[:, None]
-        return torch.stack([self.weight * mmd2(v[c], self.fs[c]) for c in range(self.classes)]) + norm_losses(eps, self.classes)
+        return torch.stack([self.weight * mmd2(v[c], self.fs[c]) for c in range(self.classes)]) + norm_loss(eps, self.classes)
 
     def subset(self, classes: list[int]) -> "MMDLoss":
         return MMDLoss([self.nets[c] for c in classes], self.m[classes], self.s[classes], [self.fs[c] for c in classes], self.weight)

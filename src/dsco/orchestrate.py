@@ -280,7 +280,7 @@ def _synthesise_classes(run: _Run, labels: list[int]) -> list[tuple[torch.Tensor
                         {"synthetic_set": cfg.synthetic_set}))
         return out
     tasks = [_class_task(run, label, name) for label, name in zip(labels, names)]
-    made = run.method.synthesise_classes(tasks) if len(tasks) > 1 else [run.method.synthesise(tasks[0])]
+    made = run.method.synthesise_classes(tasks)
     return [(o.images, o.sources, o.stats) for o in made]
 
 

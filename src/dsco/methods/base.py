@@ -72,6 +72,19 @@ class Method:
         return [self.synthesise(task) for task in tasks]
 
 
+class BatchedMethod(Method):
+    """A method that synthesises several classes in one batch: it implements `synthesise_classes`, and one class is
+    a batch of one."""
+
+    batches_classes = True
+
+    def synthesise(self, task: ClassTask) -> ClassOutput:
+        return self.synthesise_classes([task])[0]
+
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        raise NotImplementedError
+
+
 REGISTRY: dict[str, type[Method]] = {}
 
 

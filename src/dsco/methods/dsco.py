@@ -7,7 +7,7 @@ from ..datafree import datafree_class
 from ..features import RandomFeatureNet
 from ..models.diffusion import DiffusionBackend, device_of
 from ..nopt import nopt_classes
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from .base import BatchedMethod, ClassOutput, ClassTask, Method, register, synthetic_output
 
 
 class _NOpt(Method):
@@ -18,16 +18,11 @@ class _NOpt(Method):
 
 
 @register
-class DsCo(_NOpt):
+class DsCo(BatchedMethod, _NOpt):
     """NOpt: each step's noise optimised so the class's samples match the real class's features."""
 
     name = "dsco"
     config_fields = ("nopt",)
-    batches_classes = True
-
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        return self.synthesise_classes([task])[0]
-
     def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
         first = tasks[0]
         made = nopt_classes(first.backend, [t.model_label for t in tasks], [t.real_targets() for t in tasks], first.n,

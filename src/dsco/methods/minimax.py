@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
 from ..models.diffusion import DiffusionBackend, device_of, plain_samples
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 TRAINABLE = ("difffit", "all")
 
@@ -236,16 +236,11 @@ def tuned_backend(backend: DiffusionBackend, data: torch.Tensor, labels: torch.T
 
 
 @register
-class Minimax(Method):
+class Minimax(BatchedMethod):
     name = "minimax"
     uses_model = True
     config_fields = ("minimax",)
     options, title = MinimaxConfig, "MinimaxDiffusion: the model fine-tuned with minimax terms"
-    batches_classes = True
-
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        return self.synthesise_classes([task])[0]
-
     def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
         """Plain sampling of the fine-tuned model, several classes in one batch (--class-batch)."""
         task = tasks[0]

@@ -3,18 +3,15 @@ measured against."""
 from __future__ import annotations
 
 from ..models.diffusion import plain_samples
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 
 @register
-class Diffusion(Method):
+class Diffusion(BatchedMethod):
     """Plain class-conditional sampling of the diffusion model."""
 
     name = "diffusion"
-    uses_model, reads_real, batches_classes = True, False, True
-
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        return self.synthesise_classes([task])[0]
+    uses_model, reads_real = True, False
 
     def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
         backend = tasks[0].backend
