@@ -290,12 +290,17 @@ def test_a_run_interrupted_before_a_knob_existed_resumes_with_that_knob_at_its_d
     assert _hashes(cut) == _hashes(whole)
 
 
-@pytest.mark.parametrize("method", ["dsco", "diffusion", "minimax"])
+@pytest.mark.parametrize("method", ["dsco", "diffusion", "minimax", "d4m", "d4m-ancestral", "mgd3", "d3hr"])
 def test_classes_batched_make_the_set_of_one_class_at_a_time(method, tmp_path, tiny_set, tiny_backend):
     """--class-batch shares the model's calls between classes; every draw still comes from each class's own
     generator, so the images are one class at a time's up to float rounding (one grey level in the saved PNGs)."""
-    alone = concentrate(config(tmp_path / "alone", method), train=tiny_set, backend=tiny_backend, progress=False)
-    together = concentrate(config(tmp_path / "together", method, class_batch=2), train=tiny_set, backend=tiny_backend, progress=False)
+    def cfg(out: Path, **kw) -> ConcentrateConfig:
+        c = config(out, method.split("-")[0], **kw)
+        c.d4m.sampler = "ancestral" if method == "d4m-ancestral" else c.d4m.sampler
+        return c
+
+    alone = concentrate(cfg(tmp_path / "alone"), train=tiny_set, backend=tiny_backend, progress=False)
+    together = concentrate(cfg(tmp_path / "together", class_batch=2), train=tiny_set, backend=tiny_backend, progress=False)
     a, b = read_manifest(alone), read_manifest(together)
     assert [e["label"] for e in a["images"]] == [e["label"] for e in b["images"]]
     ia, ib = read_images(alone, a["images"]), read_images(together, b["images"])

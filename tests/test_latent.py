@@ -217,12 +217,17 @@ def test_gpu_throughput_benchmark_runs_on_a_tiny_model(tmp_path):
     assert flops["sampling_per_image"] == flops["guided_call_per_image"] * flops["steps"] > 0
 
 
-def test_gpu_throughput_runs_registry_methods_and_times_each_class(tmp_path):
-    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "d4m,minimax", "--dtypes", "fp32",
+def test_gpu_throughput_runs_registry_methods_batching_the_classes_of_those_that_batch(tmp_path):
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "d4m,minimax,igd", "--dtypes", "fp32",
               "--classes", "2", "--targets", "8", "--out", str(tmp_path / "r.json")])
-    d4m, minimax = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert d4m["variant"] == "d4m" and len(d4m["class_seconds"]) == 2 and d4m["images_per_second"] > 0
-    assert minimax["class_seconds"][0] > minimax["class_seconds"][1]  # the fine-tuning is paid by the first class only
+    d4m, minimax, igd = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert d4m["variant"] == "d4m" and len(d4m["batch_seconds"]) == 2 and d4m["images_per_second"] > 0
+    assert minimax["batch_seconds"][0] > minimax["batch_seconds"][1]  # the fine-tuning is paid by the first class only
+    load_benchmark("gpu_throughput").main(["--tiny", "--device", "cpu", "--ipc", "2", "--methods", "d4m,igd", "--dtypes", "fp32",
+              "--classes", "2", "--class-batch", "2:2", "--targets", "8", "--out", str(tmp_path / "b.json")])
+    d4m, igd = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert d4m["class_batch"] == 2 and len(d4m["batch_seconds"]) == 1  # D4M batches its classes
+    assert igd["class_batch"] == 1 and len(igd["batch_seconds"]) == 2  # IGD runs one class at a time
 
 
 def test_step_cost_benchmark_charges_the_reference_schedule_more_than_budget(tmp_path):

@@ -323,7 +323,7 @@ def build_parser(method_options: bool = False) -> argparse.ArgumentParser:
         g["model"].add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU when available)")
         g["run"].add_argument("--resume", action="store_true", help="continue an interrupted run")
         g["model"].add_argument("--class-batch", type=int, default=1, help="classes sampled together in one batch (dsco, "
-                                "diffusion): on a GPU 8-16 keeps it busy; the same sets as one class at a time up to "
+                                "diffusion, d4m, d3hr, mgd3, minimax): on a GPU 8-16 keeps it busy; the same sets as one class at a time up to "
                                 "float rounding")
         g["model"].add_argument("--preflight", type=int, default=None, help="plain samples per class compared with the "
                                 "real classes before synthesis, with a warning when they are far (default: 20 on a "

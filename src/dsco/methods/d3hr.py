@@ -21,7 +21,7 @@ import torch
 from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
 from ..models.diffusion import DiffusionBackend, ddim_sample, ddim_walk, device_of, reference_noise_level, step_at_noise_level
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 INVERSION_EPS = ("target", "source")
 
@@ -130,19 +130,25 @@ def best_group(mean: torch.Tensor, std: torch.Tensor, n: int, cfg: D3HRConfig, g
 
 
 @register
-class D3HR(Method):
+class D3HR(BatchedMethod):
     name = "d3hr"
     uses_model = True
     config_fields = ("d3hr",)
     options, title = D3HRConfig, "D3HR: the class's inverted statistics, the best-matching noise group"
 
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        cfg = task.cfg.d3hr
-        backend = guided_on_all_channels(task.backend) if cfg.guide_all_channels else task.backend
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        first = tasks[0]
+        cfg, n = first.cfg.d3hr, first.n
+        backend = guided_on_all_channels(first.backend) if cfg.guide_all_channels else first.backend
         start = start_index(backend, cfg.reference_t)
-        z0 = task.real_targets()
-        mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache, cfg.inversion_eps)
-        group, score = best_group(mean, std, task.n, cfg, task.generator, device_of(backend))
-        z = ddim_sample(backend, group.reshape(task.n, *z0.shape[1:]), task.model_label, start)
-        return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[start], "group_score": score,
-                                             "targets": len(z0), "candidate_device": str(device_of(backend)), **inversion})
+        groups, stats = [], []
+        for task in tasks:  # each class's inversion (cached) and candidate search, from its own generator
+            z0 = task.real_targets()
+            mean, std, inversion = inverted_statistics(backend, z0, task.model_label, start, cfg.cache, cfg.inversion_eps)
+            group, score = best_group(mean, std, n, cfg, task.generator, device_of(backend))
+            groups.append(group.reshape(n, *z0.shape[1:]))
+            stats.append({"start_step": start, "t_start": backend.timesteps[start], "group_score": score, "targets": len(z0),
+                          "candidate_device": str(device_of(backend)), **inversion})
+        y = torch.tensor([t.model_label for t in tasks], dtype=torch.long).repeat_interleave(n)
+        z = ddim_sample(backend, torch.cat(groups), y, start)  # the classes' DDIM chains in one batch
+        return [synthetic_output(backend, zc, s) for zc, s in zip(z.split(n), stats)]

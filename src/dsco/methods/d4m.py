@@ -16,7 +16,7 @@ import torch
 from ..errors import DscoError
 from ..kmeans import kmeans
 from ..models.diffusion import DiffusionBackend, ancestral_sample, ddim_sample, reference_noise_level, step_at_noise_level
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 SAMPLERS = ("ddim", "ancestral")
 KMEANS = ("minibatch", "lloyd")
@@ -85,20 +85,29 @@ def noised_prototypes(backend: DiffusionBackend, protos: torch.Tensor, strength:
 
 
 @register
-class D4M(Method):
+class D4M(BatchedMethod):
     name = "d4m"
     uses_model = True
     config_fields = ("d4m",)
     options, title = D4MConfig, "D4M: prototypes of the real class noised and denoised"
 
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        backend, cfg, g, n = task.backend, task.cfg.d4m, task.generator, task.n
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        first = tasks[0]
+        backend, cfg, n = first.backend, first.cfg.d4m, first.n
         if cfg.sampler not in SAMPLERS:
             raise DscoError(f"unknown D4M sampler {cfg.sampler!r}: valid names are {', '.join(SAMPLERS)}")
-        start, x = noised_prototypes(backend, prototypes(task.real_targets(), n, cfg, g), cfg.strength, g)
+        starts, noised, noises = [], [], []
+        for task in tasks:  # every draw from the class's own generator, in the order it makes them alone
+            g = task.generator
+            start, x = noised_prototypes(backend, prototypes(task.real_targets(), n, cfg, g), cfg.strength, g)
+            starts.append(start)
+            noised.append(x)
+            if cfg.sampler == "ancestral":
+                noises.append(torch.randn((len(backend.timesteps) - start, n, *backend.sample_shape), generator=g))
+        start = starts[0]  # a noise level carried onto the schedule: the same step for every class
+        y = torch.tensor([t.model_label for t in tasks], dtype=torch.long).repeat_interleave(n)
         if cfg.sampler == "ddim":
-            z = ddim_sample(backend, x, task.model_label, start)
+            z = ddim_sample(backend, torch.cat(noised), y, start)
         else:
-            noise = torch.randn((len(backend.timesteps) - start, n, *backend.sample_shape), generator=g)
-            z = ancestral_sample(backend, torch.full((n,), task.model_label, dtype=torch.long), x, noise, start)
-        return synthetic_output(backend, z, {"start_step": start, "t_start": backend.timesteps[start]})
+            z = ancestral_sample(backend, y, torch.cat(noised), torch.cat(noises, dim=1), start)
+        return [synthetic_output(backend, zc, {"start_step": start, "t_start": backend.timesteps[start]}) for zc in z.split(n)]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..kmeans import kmeans
-from ..models.diffusion import DiffusionBackend, device_of, mean_guided_sample
-from .base import ClassOutput, ClassTask, Method, register, synthetic_output
+from ..models.diffusion import DiffusionBackend, device_of, mean_guided_samples
+from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 
 @dataclass
@@ -46,27 +46,39 @@ def mode_guided_sample(backend: DiffusionBackend, label: int, modes: torch.Tenso
                        generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """Ancestral sampling where, on the guided steps, each sample's posterior mean is pulled towards its mode
     (`pull_to_mode`)."""
-    modes = modes.to(device_of(backend))
+    zs, guided = mode_guided_samples(backend, [label], [modes], cfg, [generator])
+    return zs[0], guided
+
+
+def mode_guided_samples(backend: DiffusionBackend, labels: list[int], modes: list[torch.Tensor], cfg: MGD3Config,
+                        generators: list[torch.Generator]) -> tuple[list[torch.Tensor], list[int]]:
+    """`mode_guided_sample` of several classes in one batch, each with its own modes (the same number a class) and
+    its own generator's noise, as alone."""
+    all_modes = torch.cat(modes).to(device_of(backend))
     guided = guided_steps(len(backend.timesteps), cfg.stop_fraction)
 
     def adjust(i: int, t: int, x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if i in guided and cfg.scale:
-            return pull_to_mode(mu, x, modes, backend.schedule.posterior_weights(t), sigma, cfg.scale)
+            return pull_to_mode(mu, x, all_modes, backend.schedule.posterior_weights(t), sigma, cfg.scale)
         return mu
 
-    return mean_guided_sample(backend, label, len(modes), generator, adjust), list(guided)
+    return mean_guided_samples(backend, labels, len(modes[0]), generators, adjust), list(guided)
 
 
 @register
-class MGD3(Method):
+class MGD3(BatchedMethod):
     name = "mgd3"
     uses_model = True
     config_fields = ("mgd3",)
     options, title = MGD3Config, "MGD3: sampling pulled towards the class's modes"
 
-    def synthesise(self, task: ClassTask) -> ClassOutput:
-        z0 = task.real_targets()
-        modes, _ = kmeans(z0.flatten(1), task.n, task.generator, task.cfg.mgd3.kmeans_iters)
-        z, guided = mode_guided_sample(task.backend, task.model_label, modes.reshape(task.n, *z0.shape[1:]),
-                                       task.cfg.mgd3, task.generator)
-        return synthetic_output(task.backend, z, {"guided_steps": len(guided)})
+    def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
+        first = tasks[0]
+        modes = []
+        for task in tasks:  # each class's modes from its own generator, before its sampling noise (as alone)
+            z0 = task.real_targets()
+            m, _ = kmeans(z0.flatten(1), task.n, task.generator, task.cfg.mgd3.kmeans_iters)
+            modes.append(m.reshape(task.n, *z0.shape[1:]))
+        zs, guided = mode_guided_samples(first.backend, [t.model_label for t in tasks], modes, first.cfg.mgd3,
+                                         [t.generator for t in tasks])
+        return [synthetic_output(first.backend, z, {"guided_steps": len(guided)}) for z in zs]

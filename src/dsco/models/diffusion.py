@@ -216,18 +216,30 @@ def ancestral_sample(
 def mean_guided_sample(backend: DiffusionBackend, label: int, n: int, generator: torch.Generator, adjust: MeanAdjust) -> torch.Tensor:
     """Ancestral sampling from N(0, I) in which `adjust` may move each step's posterior mean (guidance added to
     the step whatever the noise: MGD3's modes, IGD's influence and deviation)."""
-    x_T, noise = draw_noise(n, backend.sample_shape, len(backend.timesteps), generator)
-    return denoise(backend, x_T, label, lambda i: noise[i], adjust_mean=adjust)
+    return mean_guided_samples(backend, [label], n, [generator], adjust)[0]
+
+
+def mean_guided_samples(backend: DiffusionBackend, labels: list[int], n: int, generators: list[torch.Generator],
+                        adjust: Optional[MeanAdjust] = None) -> list[torch.Tensor]:
+    """`mean_guided_sample` of several classes in one batch, n samples each, in class order (each class's noise from
+    its own generator, as alone; `adjust` sees the whole batch): on a GPU the model's batch is then large enough to
+    keep it busy."""
+    draws = [draw_noise(n, backend.sample_shape, len(backend.timesteps), g) for g in generators]
+    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+    noise = torch.cat([e for _, e in draws], dim=1)
+    x = denoise(backend, torch.cat([x for x, _ in draws]), y, lambda i: noise[i], adjust_mean=adjust)
+    return list(x.split(n))
 
 
 @torch.no_grad()
-def ddim_walk(backend: DiffusionBackend, x: torch.Tensor, label: int, path: list[Optional[int]], eps_at: str = "source") -> torch.Tensor:
+def ddim_walk(backend: DiffusionBackend, x: torch.Tensor, label: int | torch.Tensor, path: list[Optional[int]],
+              eps_at: str = "source") -> torch.Tensor:
     """Deterministic DDIM (eta 0) along `path`, training timesteps visited in order (None: the clean level,
     alpha_bar 1), down the chain (sampling) or up it (inversion); each move's eps is evaluated at the level it
-    leaves ("source") or reaches ("target": D3HR's inversion)."""
+    leaves ("source") or reaches ("target": D3HR's inversion). `label`: the class of every sample, or one a sample."""
     dev = device_of(backend)
     x = x.to(dev)
-    y = torch.full((len(x),), label, dtype=torch.long, device=dev)
+    y = torch.full((len(x),), label, dtype=torch.long, device=dev) if isinstance(label, int) else label.to(dev)
     for a, b in zip(path[:-1], path[1:]):
         abar_b = 1.0 if b is None else float(backend.schedule.alphas_cumprod[b])
         t_eps = b if eps_at == "target" and b is not None else a
@@ -235,7 +247,7 @@ def ddim_walk(backend: DiffusionBackend, x: torch.Tensor, label: int, path: list
     return x
 
 
-def ddim_sample(backend: DiffusionBackend, x: torch.Tensor, label: int, start: int = 0) -> torch.Tensor:
+def ddim_sample(backend: DiffusionBackend, x: torch.Tensor, label: int | torch.Tensor, start: int = 0) -> torch.Tensor:
     """DDIM down the respaced chain from step index `start` (x at that step's level) to the clean sample: D3HR's
     generator, and D4M's stand-in for Stable Diffusion's deterministic PNDM."""
     return ddim_walk(backend, x, label, [*backend.timesteps[start:], None])
@@ -254,9 +266,5 @@ def plain_sample(backend: DiffusionBackend, label: int, n: int, generator: torch
 
 
 def plain_samples(backend: DiffusionBackend, labels: list[int], n: int, generators: list[torch.Generator]) -> list[torch.Tensor]:
-    """`plain_sample` of several classes in one batch (each class's noise from its own generator, as alone): on a
-    GPU the model's batch is then large enough to keep it busy."""
-    draws = [draw_noise(n, backend.sample_shape, len(backend.timesteps), g) for g in generators]
-    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
-    x = ancestral_sample(backend, y, torch.cat([x for x, _ in draws]), torch.cat([e for _, e in draws], dim=1))
-    return list(x.split(n))
+    """`plain_sample` of several classes in one batch (each class's noise from its own generator, as alone)."""
+    return mean_guided_samples(backend, labels, n, generators)
