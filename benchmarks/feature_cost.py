@@ -4,7 +4,7 @@ forward and backward, and the SGD update) from a CUDA graph, in fp32 (TF32 convo
 channels-last targets), with cuDNN's heuristic or benchmarked choice of algorithm; and how far bf16 moves the pivots
 the samples are matched to (in units of the features' std, the scale the loss standardises them to).
 
-    python benchmarks/feature_cost.py --device cuda --out benchmarks/results/feature_cost_h200.json
+    python benchmarks/feature_cost.py --device cuda --compile --out benchmarks/results/feature_cost_h200.json
     python benchmarks/feature_cost.py --device cpu --width 16 --targets 40 --out /tmp/fc.json   # a CPU smoke run
 """
 from __future__ import annotations
@@ -44,10 +44,13 @@ def timed(fn, repeats: int, dev: torch.device) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def features(net: RandomFeatureNet, z: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """The targets' features as NOpt computes them, or under bf16 autocast with channels-last input."""
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
-        return net.batched(z.contiguous(memory_format=torch.channels_last) if bf16 else z, 4096)
+def features(net: RandomFeatureNet, z: torch.Tensor, bf16: bool, compiled=None) -> torch.Tensor:
+    """The targets' features as NOpt computes them, or under bf16 autocast with channels-last input; through
+    `compiled` (torch.compile of the net) when given."""
+    fn = compiled if compiled is not None else net
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16), torch.no_grad():
+        x = z.contiguous(memory_format=torch.channels_last) if bf16 else z
+        return torch.cat([fn(x[i : i + 4096]).float() for i in range(0, len(x), 4096)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--targets", type=int, default=1300)
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--classes", default="1,10")
+    p.add_argument("--compile", action="store_true", help="the default arithmetic, then the same through torch.compile "
+                   "(targets' net, the iteration's loss) in fp32 and bf16, instead of the cuDNN variants")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     dev = torch.device(a.device)
@@ -85,11 +90,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"target noise {out['seconds_target_noise']} s; bf16 pivot shift max {out['bf16_pivot_shift_max']:.4f} "
           f"mean {out['bf16_pivot_shift_mean']:.5f} std", flush=True)
     atomic_write_json(a.out, out)
-    for bench in (False, True):
+    variants = [(bench, bf16, False) for bench in (False, True) for bf16 in (False, True)]
+    if a.compile:
+        variants = [(False, False, False), (False, False, True), (False, True, True)]
+    for bench, bf16, comp in variants:
         torch.backends.cudnn.benchmark = bench
-        for bf16 in (False, True):
-            row = {"cudnn_benchmark": bench, "bf16": bf16,
-                   "seconds_target_features": round(timed(lambda: features(nets[0], zt, bf16), 3, dev), 4)}
+        row = {"cudnn_benchmark": bench, "bf16": bf16, "compile": comp}
+        try:
+            compiled = torch.compile(nets[0]) if comp else None
+            if comp:
+                row["max_abs_diff_compiled_features"] = float((features(nets[0], zt, bf16, compiled) - (f16 if bf16 else f32)).abs().max())
+            row["seconds_target_features"] = round(timed(lambda: features(nets[0], zt, bf16, compiled), 3, dev), 4)
             for c in classes:
                 loss = class_target_loss(nets[:c], [f32] * c, a.ipc, cfg)
                 mu = torch.randn((c * a.ipc, *shape), generator=g).to(dev)
@@ -97,14 +108,15 @@ def main(argv: list[str] | None = None) -> None:
                 eps = torch.randn((c * a.ipc, *shape), generator=g).to(dev)
                 ctx = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
                 with ctx:
-                    runner = GraphedIterations(loss, mu, sigma, eps, cfg.momentum, capture=dev.type == "cuda")
+                    runner = GraphedIterations(loss, mu, sigma, eps, cfg.momentum, capture=dev.type == "cuda", compile=comp)
                 with ctx if runner.graph is None else contextlib.nullcontext():
                     row[f"seconds_iteration_x{c}"] = round(timed(lambda: runner.run(loss, mu, sigma, eps, cfg.lr, 20), 2, dev) / 20, 6)
                 row[f"graph_x{c}"] = runner.graph is not None
-            print(row, flush=True)
-            rows.append(row)
-            atomic_write_json(a.out, out)
-
+        except Exception as e:  # a variant this PyTorch or device cannot run: say so, measure the others
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(row, flush=True)
+        rows.append(row)
+        atomic_write_json(a.out, out)
 
 if __name__ == "__main__":
     main()

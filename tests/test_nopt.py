@@ -213,6 +213,22 @@ def test_the_graphed_iteration_is_torch_sgd_with_momentum(tiny_backend):
     assert torch.equal(again, graphed)
 
 
+@pytest.mark.slow
+def test_the_compiled_iteration_takes_the_eager_iteration_steps():
+    """GraphedIterations(compile=True) runs the loss through torch.compile (fused kernels for a GPU): the same
+    SGD steps as the eager loss, up to float rounding (slow: compiling takes a minute on a CPU)."""
+    cfg = NOptConfig(iterations=6, feature_width=16, lr=0.1, momentum=0.9)
+    nets = [RandomFeatureNet(1, 16, seed=s) for s in (1, 2)]
+    feats = [net.batched(torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(s))) for s, net in enumerate(nets)]
+    loss = class_target_loss(nets, feats, 4, cfg)
+    mu, eps0, sigma = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8), torch.tensor(0.3)
+    eager, eager_history = GraphedIterations(loss, mu, sigma, eps0, cfg.momentum, capture=False).run(loss, mu, sigma, eps0, cfg.lr, cfg.iterations)
+    compiled, history = GraphedIterations(loss, mu, sigma, eps0, cfg.momentum, capture=False, compile=True).run(loss, mu, sigma, eps0, cfg.lr, cfg.iterations)
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert torch.allclose(history, eager_history, rtol=1e-4)
+    assert not torch.equal(compiled, eps0)
+
+
 def test_real_anchored_nopt_starts_from_the_class_real_images_at_the_anchor_level(tiny_backend, tiny_set):
     """--anchor real (ours): samples start from the class's real images noised to the level of DiT's anchor_t on
     the backend's schedule, and so end nearer the class's real images than samples started from pure noise."""

@@ -307,10 +307,12 @@ class GraphedIterations:
     One runner serves every step of a run with the same shapes: each step's targets, mean and noise are copied
     into its static tensors. SGD with momentum is written out (buf = momentum x buf + grad, eps -= lr x buf, the
     buffer starting at zero, which is torch.optim.SGD's first step). Without `capture` (a CPU, or a capture that
-    failed) the same iteration runs eagerly, so its arithmetic is testable anywhere.
+    failed) the same iteration runs eagerly, so its arithmetic is testable anywhere. `compile` runs the loss through
+    torch.compile (its elementwise work fused into a few kernels) before the graph is captured.
     """
 
-    def __init__(self, loss: QuantileLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, momentum: float, capture: bool):
+    def __init__(self, loss: QuantileLoss, mu: torch.Tensor, sigma: torch.Tensor, eps0: torch.Tensor, momentum: float,
+                 capture: bool, compile: bool = False):
         dev = eps0.device
         self.loss = QuantileLoss(loss.nets, loss.m.clone(), loss.s.clone(), loss.piv.clone(), loss.lam, loss.stack)
         self.mu, self.sigma = mu.detach().clone(), sigma.detach().to(dev).clone()
@@ -320,6 +322,7 @@ class GraphedIterations:
         self.out = torch.zeros(loss.classes, device=dev)
         self.momentum = momentum
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.forward = torch.compile(self.loss) if compile else self.loss
         if capture:
             try:
                 side = torch.cuda.Stream(dev)
@@ -336,7 +339,7 @@ class GraphedIterations:
                 warnings.warn(f"NOpt: CUDA graph capture failed ({str(e).splitlines()[0]}); iterating without graphs")
 
     def _iteration(self) -> None:
-        losses = self.loss(self.mu + self.sigma * self.eps, self.eps)
+        losses = self.forward(self.mu + self.sigma * self.eps, self.eps)
         (grad,) = torch.autograd.grad(losses.sum(), self.eps)
         with torch.no_grad():
             self.out.copy_(losses)
