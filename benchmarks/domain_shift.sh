@@ -42,8 +42,8 @@ ARCHS="convnet3"
 for b in 0.1 0.2 0.4; do
   cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --no-classwise
   cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --classwise
-  # the doped set's size: 100 synthetic + the real share rounded to an equal share a class, as --classwise does
-  n=$($PY -c "c = round($b * 1437) - 100; print((100 + max(10, round(c / 10) * 10)) // 10)")
+  # the doped set's size: 100 synthetic + the real share rounded down to an equal share a class, as --classwise does
+  n=$($PY -c "c = round($b * 1437) - 100; print((100 + max(10, c // 10 * 10)) // 10)")
   cell "digits-random-$b" "${D[@]}" --method random --ipc "$n"
 done
 # the anchor at D4M's level (SD v1.5's img2img start, alpha_bar 0.082 = DiT's timestep 495) instead of D3HR's

@@ -88,9 +88,12 @@ def test_doping_settings_are_refused_before_any_synthesis(doping, message, tmp_p
     assert not (tmp_path / "o").exists()
 
 
-def test_a_classwise_budget_rounds_to_an_equal_share_per_class_and_says_so(caplog):
+def test_a_classwise_budget_rounds_down_to_an_equal_share_per_class_and_says_so(caplog):
+    """Rounded down, the doped set stays within its budget: 100 synthetic + 180 real of a 288-image budget, the size of
+    the random subset the budget buys (28 a class), which Doping's guard then falls back to image for image."""
     count = real_count(DopingConfig(budget=0.2, classwise=True), 1442, 10, 100)
-    assert count == 190 and "190 real images (19 per class) instead of 188" in caplog.text
+    assert count == 180 and "180 real images (18 per class) instead of 188" in caplog.text
+    assert 100 + count <= round(0.2 * 1442) and (100 + count) // 10 == round(0.2 * 1442) // 10
 
 
 def test_doping_ranks_per_class_on_a_folder_and_over_the_whole_set_on_named_datasets():

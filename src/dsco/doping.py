@@ -45,8 +45,8 @@ def clarity(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_synthetic: int,
                class_counts: Optional[list[int]] = None, quiet: bool = False) -> int:
     """Number of real images to add: M * classes for --doping-ipc, F * |train| - synthetic for --budget. With
-    --classwise the count is rounded to a multiple of the classes (what a per-class selection can honour; said on
-    one line), and every class must hold its share. Cheap: called before synthesis, so a run that cannot be doped
+    --classwise the count is rounded down to a multiple of the classes (what a per-class selection can honour, and
+    the set stays within the budget; said on one line), and every class must hold its share. Cheap: called before synthesis, so a run that cannot be doped
     stops before any work."""
     if cfg.doping_ipc is not None and cfg.budget is not None:
         raise DscoError("give either --doping-ipc or --budget, not both")
@@ -63,7 +63,7 @@ def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_syntheti
         if count < 0:
             raise DscoError(f"--budget {cfg.budget} ({round(cfg.budget * num_train)} images) is smaller than the {num_synthetic} synthetic images")
         if cfg.classwise and count % num_classes:
-            rounded = max(num_classes, round(count / num_classes) * num_classes)
+            rounded = max(num_classes, count // num_classes * num_classes)
             if not quiet:
                 log.warning("--budget %s with --classwise: %d real images (%d per class) instead of %d, so every class gets "
                             "the same share", cfg.budget, rounded, rounded // num_classes, count)
