@@ -40,8 +40,9 @@ cell digits-dsco-anchor "${D[@]}" "${M[@]}" "${S[@]}" --method dsco --ipc 10 --a
 cell digits-d4m "${D[@]}" "${M[@]}" --method d4m --ipc 10
 ARCHS="convnet3"
 for b in 0.1 0.2 0.4; do
-  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --no-classwise
-  cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --classwise
+  # the authors' global ranking and per-class ranking, both without the guard (on a folder it is on by default)
+  cell "digits-doped-global-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --no-classwise --no-doping-guard
+  cell "digits-doped-classwise-$b" "${D[@]}" --synthetic-set "$OUT/sets/digits-dsco" "${M[@]}" --ipc 10 --budget "$b" --classwise --no-doping-guard
   # the doped set's size: 100 synthetic + the real share rounded down to an equal share a class, as --classwise does
   n=$($PY -c "c = round($b * 1437) - 100; print((100 + max(10, c // 10 * 10)) // 10)")
   cell "digits-random-$b" "${D[@]}" --method random --ipc "$n"
