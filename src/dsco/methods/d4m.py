@@ -96,15 +96,14 @@ class D4M(BatchedMethod):
         backend, cfg, n = first.backend, first.cfg.d4m, first.n
         if cfg.sampler not in SAMPLERS:
             raise DscoError(f"unknown D4M sampler {cfg.sampler!r}: valid names are {', '.join(SAMPLERS)}")
-        starts, noised, noises = [], [], []
+        noised, noises = [], []
         for task in tasks:  # every draw from the class's own generator, in the order it makes them alone
             g = task.generator
+            # the start is a noise level carried onto the schedule: the same step for every class
             start, x = noised_prototypes(backend, prototypes(task.real_targets(), n, cfg, g), cfg.strength, g)
-            starts.append(start)
             noised.append(x)
             if cfg.sampler == "ancestral":
                 noises.append(torch.randn((len(backend.timesteps) - start, n, *backend.sample_shape), generator=g))
-        start = starts[0]  # a noise level carried onto the schedule: the same step for every class
         y = torch.tensor([t.model_label for t in tasks], dtype=torch.long).repeat_interleave(n)
         if cfg.sampler == "ddim":
             z = ddim_sample(backend, torch.cat(noised), y, start)
