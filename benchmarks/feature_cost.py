@@ -17,7 +17,7 @@ import time
 import torch
 
 from dsco.bench import machine
-from dsco.features import RandomFeatureNet
+from dsco.features import RandomFeatureNet, batched_features
 from dsco.fsio import atomic_write_json
 from dsco.models.diffusion import RespacedSchedule
 from dsco.models.latent import alphas_cumprod_from, dit_timesteps
@@ -47,10 +47,9 @@ def timed(fn, repeats: int, dev: torch.device) -> float:
 def features(net: RandomFeatureNet, z: torch.Tensor, bf16: bool, compiled=None) -> torch.Tensor:
     """The targets' features as NOpt computes them, or under bf16 autocast with channels-last input; through
     `compiled` (torch.compile of the net) when given."""
-    fn = compiled if compiled is not None else net
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16), torch.no_grad():
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=bf16):
         x = z.contiguous(memory_format=torch.channels_last) if bf16 else z
-        return torch.cat([fn(x[i : i + 4096]).float() for i in range(0, len(x), 4096)])
+        return batched_features(compiled if compiled is not None else net, x, 4096)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session, run from the repository root (issue 23), DiT-XL/2-sized throughput with classes batched
 # (--class-batch): NOpt's reference at IPC 50, the feature net through torch.compile, plain sampling compiled at
-# IPC 10, fp32, then the peers (batched where they batch). The
-# previous round (step cost, feature_cost.py, bf16 IPC 10) is in the committed JSON; `git log -p` has its script.
+# IPC 10, fp32, then the peers (batched where they batch). The previous round (step cost, feature_cost.py, bf16
+# IPC 10) is in the committed JSON; `git log -p` has its script.
 # Every benchmark writes its JSON after each cell, so a section stopped by its time limit keeps what it measured.
 # Writes under $OUT. Run with carry [".whl"] and a timeout of ~560 s.
 #   OUT=out/gpu bash benchmarks/gpu_round.sh

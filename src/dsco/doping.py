@@ -46,8 +46,8 @@ def real_count(cfg: DopingConfig, num_train: int, num_classes: int, num_syntheti
                class_counts: Optional[list[int]] = None, quiet: bool = False) -> int:
     """Number of real images to add: M * classes for --doping-ipc, F * |train| - synthetic for --budget. With
     --classwise the count is rounded down to a multiple of the classes (what a per-class selection can honour, and
-    the set stays within the budget; said on one line), and every class must hold its share. Cheap: called before synthesis, so a run that cannot be doped
-    stops before any work."""
+    the set stays within the budget; said on one line), and every class must hold its share. Cheap: called before
+    synthesis, so a run that cannot be doped stops before any work."""
     if cfg.doping_ipc is not None and cfg.budget is not None:
         raise DscoError("give either --doping-ipc or --budget, not both")
     if cfg.selector not in DOPING_SELECTORS:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -59,8 +60,13 @@ class RandomFeatureNet(nn.Module):
 
     def batched(self, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
         """Pooled features of a large set without building one huge activation."""
-        with torch.no_grad():
-            return torch.cat([self(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+        return batched_features(self, x, batch)
+
+
+def batched_features(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """`net`'s features of x in chunks of `batch`, without gradient, as fp32 (a net, or a compiled one)."""
+    with torch.no_grad():
+        return torch.cat([net(x[i : i + batch]).float() for i in range(0, len(x), batch)])
 
 
 class StackedFeatureNets(nn.Module):

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .errors import DscoError
 from .features import RandomFeatureNet, StackedFeatureNets
 from .mmd import mmd2
-from .models.diffusion import DiffusionBackend, denoise, device_of, reference_noise_level, step_at_noise_level
+from .models.diffusion import DiffusionBackend, class_major_labels, denoise, device_of, reference_noise_level, step_at_noise_level
 
 LOSSES = ("quantile", "mmd")
 ANCHORS = ("noise", "real")
@@ -605,7 +605,7 @@ def nopt_classes(
             feats.append(net.batched(zt, batch))
         return class_target_loss(nets, feats, n, cfg, stack)
 
-    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+    y = class_major_labels(labels, n)
     x, records = steered_sampling(backend, y, torch.cat(x_T), lambda i: torch.cat([s[i] for s in step_noise]), make_loss,
                                   cfg, names, progress, graphs, start)
     return [(x[k * n : (k + 1) * n], records[k]) for k in range(len(labels))]

@@ -20,7 +20,8 @@ import torch
 
 from ..cache import cache_dir, cached, content_key
 from ..errors import DscoError
-from ..models.diffusion import DiffusionBackend, ddim_sample, ddim_walk, device_of, reference_noise_level, step_at_noise_level
+from ..models.diffusion import (DiffusionBackend, class_major_labels, ddim_sample, ddim_walk, device_of, reference_noise_level,
+                                step_at_noise_level)
 from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 INVERSION_EPS = ("target", "source")
@@ -149,6 +150,6 @@ class D3HR(BatchedMethod):
             groups.append(group.reshape(n, *z0.shape[1:]))
             stats.append({"start_step": start, "t_start": backend.timesteps[start], "group_score": score, "targets": len(z0),
                           "candidate_device": str(device_of(backend)), **inversion})
-        y = torch.tensor([t.model_label for t in tasks], dtype=torch.long).repeat_interleave(n)
+        y = class_major_labels([t.model_label for t in tasks], n)
         z = ddim_sample(backend, torch.cat(groups), y, start)  # the classes' DDIM chains in one batch
         return [synthetic_output(backend, zc, s) for zc, s in zip(z.split(n), stats)]

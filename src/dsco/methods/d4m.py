@@ -15,7 +15,8 @@ import torch
 
 from ..errors import DscoError
 from ..kmeans import kmeans
-from ..models.diffusion import DiffusionBackend, ancestral_sample, ddim_sample, reference_noise_level, step_at_noise_level
+from ..models.diffusion import (DiffusionBackend, ancestral_sample, class_major_labels, ddim_sample, reference_noise_level,
+                                step_at_noise_level)
 from .base import BatchedMethod, ClassOutput, ClassTask, register, synthetic_output
 
 SAMPLERS = ("ddim", "ancestral")
@@ -104,7 +105,7 @@ class D4M(BatchedMethod):
             noised.append(x)
             if cfg.sampler == "ancestral":
                 noises.append(torch.randn((len(backend.timesteps) - start, n, *backend.sample_shape), generator=g))
-        y = torch.tensor([t.model_label for t in tasks], dtype=torch.long).repeat_interleave(n)
+        y = class_major_labels([t.model_label for t in tasks], n)
         if cfg.sampler == "ddim":
             z = ddim_sample(backend, torch.cat(noised), y, start)
         else:

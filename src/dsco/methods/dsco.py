@@ -23,6 +23,7 @@ class DsCo(BatchedMethod, _NOpt):
 
     name = "dsco"
     config_fields = ("nopt",)
+
     def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
         first = tasks[0]
         made = nopt_classes(first.backend, [t.model_label for t in tasks], [t.real_targets() for t in tasks], first.n,

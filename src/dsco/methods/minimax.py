@@ -241,6 +241,7 @@ class Minimax(BatchedMethod):
     uses_model = True
     config_fields = ("minimax",)
     options, title = MinimaxConfig, "MinimaxDiffusion: the model fine-tuned with minimax terms"
+
     def synthesise_classes(self, tasks: list[ClassTask]) -> list[ClassOutput]:
         """Plain sampling of the fine-tuned model, several classes in one batch (--class-batch)."""
         task = tasks[0]

@@ -159,6 +159,17 @@ def device_of(backend: DiffusionBackend) -> torch.device:
     return backend.device
 
 
+def class_major_labels(labels: list[int], n: int) -> torch.Tensor:
+    """The labels of a batch of several classes, n samples each in class order (class c's rows c*n .. c*n+n-1): the
+    layout every sampler that batches classes uses."""
+    return torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+
+
+def per_sample_labels(y: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """One label a sample on `device`: `y` for all n samples, or already one a sample."""
+    return torch.full((n,), y, dtype=torch.long, device=device) if isinstance(y, int) else y.to(device)
+
+
 def guided(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
@@ -189,7 +200,7 @@ def denoise(
     (a progress bar over them, say)."""
     dev = device_of(backend)
     x = x.to(dev)
-    y = torch.full((len(x),), y, dtype=torch.long, device=dev) if isinstance(y, int) else y.to(dev)
+    y = per_sample_labels(y, len(x), dev)
     for i in steps if steps is not None else range(start, len(backend.timesteps)):
         t = backend.timesteps[i]
         with torch.no_grad():
@@ -225,7 +236,7 @@ def mean_guided_samples(backend: DiffusionBackend, labels: list[int], n: int, ge
     its own generator, as alone; `adjust` sees the whole batch): on a GPU the model's batch is then large enough to
     keep it busy."""
     draws = [draw_noise(n, backend.sample_shape, len(backend.timesteps), g) for g in generators]
-    y = torch.tensor(labels, dtype=torch.long).repeat_interleave(n)
+    y = class_major_labels(labels, n)
     noise = torch.cat([e for _, e in draws], dim=1)
     x = denoise(backend, torch.cat([x for x, _ in draws]), y, lambda i: noise[i], adjust_mean=adjust)
     return list(x.split(n))
@@ -239,7 +250,7 @@ def ddim_walk(backend: DiffusionBackend, x: torch.Tensor, label: int | torch.Ten
     leaves ("source") or reaches ("target": D3HR's inversion). `label`: the class of every sample, or one a sample."""
     dev = device_of(backend)
     x = x.to(dev)
-    y = torch.full((len(x),), label, dtype=torch.long, device=dev) if isinstance(label, int) else label.to(dev)
+    y = per_sample_labels(label, len(x), dev)
     for a, b in zip(path[:-1], path[1:]):
         abar_b = 1.0 if b is None else float(backend.schedule.alphas_cumprod[b])
         t_eps = b if eps_at == "target" and b is not None else a
