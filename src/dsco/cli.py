@@ -463,12 +463,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="dsco: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(method_options=_subcommand(argv) == "concentrate").parse_args(argv)
+    finished = False
     try:
         args.func(args)
+        finished = True
     except DscoError as e:
         print(f"dsco: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsco: interrupted; finished work is kept (rerun with --resume)", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that imported torch can have joined a group
+            from .parallel import leave
+
+            leave(finished)
     return 0

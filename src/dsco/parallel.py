@@ -28,6 +28,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave(finished: bool) -> None:
+    """Leave the torchrun group before the interpreter exits: gloo's threads torn down at exit abort the process
+    ("terminate called without an active exception") when the group is still open. A finished rank first waits for
+    the others, so none leaves while another still talks to it; a failed rank leaves at once (its peers may never
+    reach a barrier)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def local_device() -> torch.device:
     """This rank's GPU (set by `join`), the GPU, or the CPU."""
     if not torch.cuda.is_available():
