@@ -314,16 +314,22 @@ def test_class_batch_below_one_is_refused_before_any_work(tmp_path, tiny_set):
         concentrate(config(tmp_path / "o", class_batch=0), train=tiny_set, progress=False)
 
 
-def test_dopings_guard_replaces_synthetic_images_that_train_worse_than_real_ones(tmp_path, tiny_set, tiny_backend, caplog):
+def test_dopings_guard_replaces_synthetic_images_that_train_worse_than_real_ones(tmp_path, tiny_set, tiny_backend, caplog, monkeypatch):
     """A random tiny model's samples teach nothing about the real classes: the guard (the default on a folder)
-    finds a model trained on them below one trained on as many random real images, and the set becomes that many
-    class-balanced random real images plus the real share, said on one line and in the manifest."""
+    finds a model trained on them below one trained on as many random real images, both with hard labels, and the
+    set becomes that many class-balanced random real images plus the real share, said on one line and in the
+    manifest."""
     cfg = config(tmp_path / "doped", "dsco", ipc=2)
     cfg.doping.doping_ipc, cfg.doping.teacher = 2, str(tmp_path / "teacher")
     cfg.doping_protocol = EvalProtocol(max_steps=60, width=16)  # long enough for 6 real images to teach the stripes
     train_teacher(tiny_set, tiny_set, TeacherConfig("tiny", 0, cfg.doping_protocol), tmp_path / "teacher", progress=False)
+    taught = []  # the teacher each classifier Doping trains learns from
+    real_train = conc.train_classifier
+    monkeypatch.setattr(conc, "train_classifier", lambda s, p, seed, teacher, progress: taught.append(teacher) or real_train(s, p, seed, teacher, progress))
     with caplog.at_level("WARNING"):
         out = concentrate(cfg, train=tiny_set, backend=tiny_backend, progress=False)
+    # the clarity ranking's doping model learns from the teacher; the guard's two networks from the hard labels alone
+    assert len(taught) == 3 and taught[0] is not None and taught[1:] == [None, None]
     m = read_manifest(out)
     guard = m["doping_guard"]
     assert m["config"]["doping"]["guard"] is True and guard["kept_synthetic"] is False
@@ -343,5 +349,5 @@ def test_dopings_guard_keeps_synthetic_images_that_train_as_well_as_real_ones(ti
     cfg = ConcentrateConfig(dataset="tiny", doping_protocol=EvalProtocol(max_steps=5, width=16))
     run = SimpleNamespace(cfg=cfg, train=tiny_set, progress=False)
     perfect = torch.nn.functional.one_hot(tiny_set.labels, 3).float()
-    keep, report = conc._synthetic_earns_its_place(run, perfect, 6, 12, None)
+    keep, report = conc._synthetic_earns_its_place(run, perfect, 6, 12)
     assert keep and report["synthetic_accuracy"] == 1.0
