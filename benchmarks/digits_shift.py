@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -33,12 +34,17 @@ def build(out: Path) -> tuple[int, int]:
     return len(train), len(test)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_shift(build_shift: Callable[[Path], tuple[int, int]], doc: str, argv: list[str] | None = None) -> None:
+    """The command line of a shift builder: `--out DIR` gets DIR/train and DIR/test, one folder a class."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    n_train, n_test = build(Path(a.out))
+    n_train, n_test = build_shift(Path(a.out))
     print(f"{a.out}: {n_train} train, {n_test} test images in 10 class folders")
+
+
+def main(argv: list[str] | None = None) -> None:
+    write_shift(build, __doc__, argv)
 
 
 if __name__ == "__main__":

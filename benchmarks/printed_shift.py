@@ -12,7 +12,6 @@ canvas, as MNIST's digits are. 180 images a class from one seeded generator, spl
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +63,9 @@ def build(out: Path, seed: int = 0) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    n_train, n_test = build(Path(a.out))
-    print(f"{a.out}: {n_train} train, {n_test} test images in 10 class folders")
+    from digits_shift import write_shift  # its neighbour in benchmarks/ (the script's folder is on sys.path)
+
+    write_shift(build, __doc__, argv)
 
 
 if __name__ == "__main__":
