@@ -42,7 +42,6 @@ def test_evaluate_under_torchrun_trains_with_ddp_and_rank0_reports(folder, test_
     assert (tmp_path / "r.json").is_file()
 
 
-
 def test_a_command_leaves_the_process_group_it_joined_whether_it_succeeds_or_fails(tmp_path, monkeypatch):
     """An open gloo group torn down at interpreter exit aborts the process ("terminate called without an active
     exception"), so the CLI closes it itself, after a success and after a user error."""

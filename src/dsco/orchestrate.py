@@ -314,21 +314,24 @@ def _dope(run: _Run, entries_by_class: dict[int, list[dict]], class_names: list[
                              on_bad_image=cfg.on_bad_image),
         TeacherConfig(cfg.dataset, cfg.seed, cfg.doping_protocol), run.progress, cfg.class_map,
     )
-    size = cfg.doping_protocol.image_size
+    proto, size = cfg.doping_protocol, cfg.doping_protocol.image_size
+    guard = cfg.doping.guard and cfg.doping.selector == "clarity"
     if cfg.doping.selector == "clarity":
-        doping_model = train_classifier(synthetic, cfg.doping_protocol, cfg.seed, teacher, run.progress)
-        teacher_probs, doping_probs = predict_by_class([teacher, doping_model], train, size)
-        scores = clarity(doping_probs, teacher_probs.argmax(1))
+        nets = [teacher, train_classifier(synthetic, proto, cfg.seed, teacher, run.progress)]
+        if guard:
+            # the guard's two networks learn from hard labels: the teacher's soft labels make any set look good on
+            # easy data (100 synthetic printed digits: 99.9 % with them, level with real images; 75.9 % without)
+            seen = _random_real(train, num_syn, cfg.seed + 1)
+            nets += [train_classifier(synthetic, proto, cfg.seed, None, run.progress),
+                     train_classifier(train.subset(seen), proto, cfg.seed, None, run.progress)]
+        probs = predict_by_class(nets, train, size)  # every net in one pass over the train split
+        scores = clarity(probs[1], probs[0].argmax(1))
     else:
         scores = torch.rand(len(train), generator=torch.Generator().manual_seed(cfg.seed))
     chosen = select(scores, train.labels, count, len(class_names), cfg.doping.classwise)
     keep = True
-    if cfg.doping.guard and cfg.doping.selector == "clarity":
-        # judged with the images' own (hard) labels: the teacher's soft labels make any set look good on easy data
-        # (100 synthetic printed digits: 99.9 % with the teacher's labels, level with real images; 75.9 % with their own)
-        own = train_classifier(synthetic, cfg.doping_protocol, cfg.seed, None, run.progress)
-        (own_probs,) = predict_by_class([own], train, size)
-        keep, run.doping_guard = _synthetic_earns_its_place(run, own_probs, num_syn, num_syn + count)
+    if guard:
+        keep, run.doping_guard = _synthetic_earns_its_place(probs[2], probs[3], seen, train.labels, num_syn + count)
         if not keep:  # the budget in class-balanced random real images: the `random` method's set of that size
             chosen = _random_real(train, num_syn + count, cfg.seed)
     out: dict[int, list[dict]] = {}
@@ -357,19 +360,18 @@ def _random_real(train, total: int, seed: int) -> torch.Tensor:
     return torch.cat(chosen)
 
 
-def _synthetic_earns_its_place(run: _Run, synthetic_probs: torch.Tensor, num_syn: int, total: int) -> tuple[bool, dict[str, Any]]:
+def _synthetic_earns_its_place(synthetic_probs: torch.Tensor, real_probs: torch.Tensor, seen: torch.Tensor,
+                               labels: torch.Tensor, total: int) -> tuple[bool, dict[str, Any]]:
     """Doping's guard (ours): the accuracy on the real train split of a network trained on the synthetic images
     (`synthetic_probs`, its outputs there) against that of the same network trained (same protocol and seed) on as
-    many class-balanced random real images, measured on the images it did not see; both with hard labels, so what
-    is compared is what the images themselves teach. The synthetic images stay when they train at least as well."""
-    cfg, train = run.cfg, run.train
-    synthetic_acc = (synthetic_probs.argmax(1) == train.labels).float().mean().item()
-    pick = _random_real(train, num_syn, cfg.seed + 1)
-    reference = train_classifier(train.subset(pick), cfg.doping_protocol, cfg.seed, None, run.progress)
-    rest = torch.ones(len(train), dtype=torch.bool)
-    rest[pick] = False
-    (probs,) = predict_by_class([reference], train, cfg.doping_protocol.image_size)
-    real_acc = (probs.argmax(1)[rest] == train.labels[rest]).float().mean().item()
+    many class-balanced random real images (`real_probs`; `seen`, the images it trained on, are left out), both with
+    hard labels, so what is compared is what the images themselves teach. The synthetic images stay when they train
+    at least as well; otherwise the set becomes `total` random real images."""
+    num_syn = len(seen)
+    synthetic_acc = (synthetic_probs.argmax(1) == labels).float().mean().item()
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[seen] = False
+    real_acc = (real_probs.argmax(1)[rest] == labels[rest]).float().mean().item()
     keep = synthetic_acc >= real_acc
     if not keep:
         log.warning("Doping: a model trained on the %d synthetic images scores %.1f %% on the real train split, one trained "
